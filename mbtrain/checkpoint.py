@@ -1,0 +1,160 @@
+"""Checkpoints: one .npz holding weights, optimizer state, the resolved config and metadata.
+
+Keys: W0, b0, W1, b1, ... (W_l is (m, n), "to, from"); opt.NAME for each optimizer array;
+`config` (the resolved config as a YAML string); `meta` (a JSON string: format_version,
+epoch, step, ..., and a SHA-256 of every array). Written atomically (temp file in the same
+folder, flush, fsync, os.replace, fsync of the folder); read with allow_pickle=False.
+
+    mbtrain eval runs/mnist-20261128-120000/checkpoints/best.npz
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mbtrain import __version__
+from mbtrain.config import Config, config_from_yaml_text
+from mbtrain.errors import CheckpointError, ConfigError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    params: list[np.ndarray]
+    optimizer: dict[str, np.ndarray]
+    config: Config
+    meta: dict = field(default_factory=dict)
+
+
+def digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the arrays, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def to_bytes(ckpt: Checkpoint) -> bytes:
+    """The .npz file contents of a checkpoint."""
+    arrays = {}
+    for l in range(len(ckpt.params) // 2):
+        arrays[f"W{l}"], arrays[f"b{l}"] = ckpt.params[2 * l], ckpt.params[2 * l + 1]
+    for name, a in ckpt.optimizer.items():
+        arrays[f"opt.{name}"] = a
+    meta = dict(ckpt.meta, format_version=FORMAT_VERSION, mbtrain_version=__version__,
+                sha256=digest(arrays))
+    buf = io.BytesIO()
+    np.savez(buf, config=np.array(ckpt.config.to_yaml()), meta=np.array(json.dumps(meta)), **arrays)
+    return buf.getvalue()
+
+
+def save(ckpt: Checkpoint, path: str) -> None:
+    """Write atomically: the file at `path` is always the old or the new checkpoint, whole."""
+    write_atomic(path, to_bytes(ckpt))
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write checkpoint: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"{path}: cannot write checkpoint: {e.strerror or e}") from None
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: str) -> Checkpoint:
+    """Read and verify a checkpoint; CheckpointError naming the file and the problem otherwise."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"{path}: not a checkpoint (.npz archive)")
+            arrays = {name: z[name] for name in z.files}
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise CheckpointError(f"{path}: holds a pickled object, which mbtrain never loads") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: {_first_line(e)}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, Exception) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
+                              f"{_first_line(e)}") from None
+    return _parse(path, arrays)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _parse(path: str, arrays: dict[str, np.ndarray]) -> Checkpoint:
+    for key in ("meta", "config"):
+        if key not in arrays or arrays[key].dtype.kind != "U" or arrays[key].ndim != 0:
+            raise CheckpointError(f"{path}: missing or malformed '{key}' entry; not an mbtrain checkpoint")
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except ValueError:
+        raise CheckpointError(f"{path}: metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata is not a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {version!r}, this mbtrain reads {FORMAT_VERSION}")
+    try:
+        config = config_from_yaml_text(str(arrays.pop("config")), f"{path} (embedded config)")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if meta.get("sha256") != digest(arrays):
+        raise CheckpointError(f"{path}: checksum mismatch: the arrays are not what was saved (corrupt file)")
+    layers = config.model.layers
+    params = []
+    for l, (n, m) in enumerate(zip(layers[:-1], layers[1:])):
+        for name, shape in ((f"W{l}", (m, n)), (f"b{l}", (m,))):
+            a = arrays.get(name)
+            if a is None:
+                raise CheckpointError(f"{path}: array {name} is missing (config layers {layers})")
+            if a.shape != shape or a.dtype != np.dtype(config.train.dtype):
+                raise CheckpointError(f"{path}: array {name} has shape {a.shape} {a.dtype}, the embedded "
+                                      f"config (layers {layers}) needs {shape} {config.train.dtype}")
+            params.append(a.copy())
+    optimizer = {k[4:]: v.copy() for k, v in arrays.items() if k.startswith("opt.")}
+    return Checkpoint(params, optimizer, config, meta)

@@ -1,0 +1,164 @@
+"""The `mbtrain` command: a thin skin over the library.
+
+Each command parses its options, calls one library function and prints the result.
+Errors are converted here, once: a user's mistake is one `error: ...` line on stderr
+and exit code 2; divergence exits 3; an interrupt exits 130.
+
+    mbtrain fit configs/mnist.yaml --set train.epochs=5
+    mbtrain eval runs/mnist-20261128-120000/checkpoints/best.npz
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from mbtrain import __version__
+
+EXIT_CODES = """Exit codes: 0 success; 1 a check failed (gradcheck); 2 bad input (usage, config, data,
+checkpoint); 3 training diverged (non-finite loss); 130 interrupted (a checkpoint was saved)."""
+
+# click's UsageError, wherever this typer keeps click (newer releases vendor it).
+UsageError = typer.BadParameter.__mro__[1]
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help=f"Train multilayer perceptrons, vectorized over the minibatch.\n\n{EXIT_CODES}")
+
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.lr=0.05 (repeatable; "
+                                       "values are parsed as YAML).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"mbtrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False):
+    pass
+
+
+@app.command()
+def fit(
+    config: Annotated[Optional[str], typer.Argument(help="YAML config file (optional with --resume).")] = None,
+    set_: SetOption = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default runs/<config>-<UTC time>).")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", metavar="CKPT",
+                                                  help="Continue from a checkpoint, in its run directory.")] = None,
+    json_: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines.")] = False,
+):
+    """Train a network from a config; write config, metrics, checkpoints and summary to a run directory."""
+    from mbtrain import checkpoint, runs
+    from mbtrain.config import load_config
+    from mbtrain.train import fit as fit_run
+
+    if resume is not None:
+        ckpt = checkpoint.load(resume)
+        cfg = load_config(config, set_ or []) if config else load_config(None, set_ or [], ckpt.config.to_dict())
+        _check_same_model(cfg, ckpt, resume)
+        run_dir = out or os.path.dirname(os.path.dirname(os.path.abspath(resume)))
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    else:
+        if config is None:
+            raise UsageError("missing argument CONFIG (or give --resume CKPT)")
+        cfg = load_config(config, set_ or [])
+        ckpt = None
+        run_dir = runs.create(out, config)
+    runs.write_text(run_dir, "config.yaml", cfg.to_yaml())
+    if not quiet:
+        print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+    summary = fit_run(cfg, run_dir, resume=ckpt, quiet=quiet)
+    if json_:
+        print(json.dumps(summary))
+    elif not quiet:
+        _print_summary(summary)
+
+
+def _check_same_model(cfg, ckpt, path) -> None:
+    from mbtrain.errors import CheckpointError
+    if cfg.model.layers != ckpt.config.model.layers or cfg.train.dtype != ckpt.config.train.dtype:
+        raise CheckpointError(f"{path}: holds a {ckpt.config.model.layers} {ckpt.config.train.dtype} network, "
+                              f"the config asks for {cfg.model.layers} {cfg.train.dtype}")
+
+
+def _print_summary(summary: dict) -> None:
+    best = summary.get("best", {})
+    line = f"done: {summary['epochs']} epochs, {summary['train_seconds']:.1f}s training"
+    if best.get("val_acc") is not None:
+        line += f", best val_acc {best['val_acc']:.4f} (epoch {best['epoch']})"
+    if "test" in summary:
+        line += f", test_acc {summary['test']['acc']:.4f}"
+    print(line, file=sys.stderr)
+
+
+@app.command("eval")
+def eval_(
+    ckpt: Annotated[str, typer.Argument(help="Checkpoint .npz written by mbtrain fit.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Data to evaluate on (default: the config's "
+                                                "test split): IDX images, .npz, or a folder of x.npy/y.npy.")] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Labels file for --data, when not found "
+                                                  "beside it.")] = None,
+    json_: JsonOption = False,
+):
+    """Evaluate a checkpoint: loss, accuracy and per-class accuracy."""
+    from mbtrain import checkpoint
+    from mbtrain import data as datamod
+    from mbtrain.errors import MbtrainError
+    from mbtrain.model import MLP
+    from mbtrain.train import evaluate
+
+    c = checkpoint.load(ckpt)
+    cfg = c.config
+    source = {"x": data, "y": labels} if labels else data
+    if source is None:
+        source = cfg.data.test
+        if source is None:
+            raise MbtrainError(f"{ckpt}: its config names no data.test; give --data PATH")
+    dataset = datamod.load(source, cfg.model.layers, "evaluation")
+    result = evaluate(MLP(c.params, cfg.model.activation, cfg.model.output), dataset, cfg.train.eval_batch_size)
+    result = {"checkpoint": ckpt, "data": dataset.name, **result}
+    if json_:
+        print(json.dumps(result))
+        return
+    print(f"data      {dataset.name} ({result['n']} samples)")
+    print(f"loss      {result['loss']:.4f}")
+    print(f"accuracy  {result['acc']:.4f}")
+    print("per class " + "  ".join(f"{i}:{a:.4f}" if a is not None else f"{i}:-"
+                                   for i, a in enumerate(result["per_class_acc"])))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning every expected error into a message and an exit code."""
+    from mbtrain.errors import Diverged, Interrupted, MbtrainError
+
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="mbtrain", standalone_mode=False)
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":            # bare `mbtrain`: show the help
+            print(e.ctx.get_help() if e.ctx else str(e), file=sys.stderr)
+            sys.exit(2)
+        hint = f" (see 'mbtrain {e.ctx.info_name} --help')" if e.ctx and e.ctx.info_name != "mbtrain" else ""
+        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+        code = 2
+    except typer.Abort:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    except (MbtrainError, Diverged, Interrupted) as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,305 @@
+"""The typed config: YAML file, then `--set key.sub=value` overrides, validated before any work.
+
+Each section is a dataclass whose fields carry their default, their allowed values and a
+one-line meaning (the README's config reference is generated from the same place).
+
+    mbtrain config configs/mnist.yaml --set train.lr=0.05
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from mbtrain.errors import ConfigError
+
+
+def option(default, help: str, *, choices=None, min=None, max=None, min_exclusive=False,
+           kind=None, nullable=False):
+    """A config field with its default, meaning and allowed values."""
+    meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive,
+                kind=kind, nullable=nullable)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
+OUTPUTS = ("softmax_cross_entropy", "sigmoid_cross_entropy", "sigmoid_quadratic")
+INITS = ("auto", "normal", "scaled_normal", "xavier", "he")
+
+
+@dataclass
+class DataConfig:
+    train: Any = option("data/mnist/train-images-idx3-ubyte.gz",
+                        "training source: an IDX images file (labels found beside it), an .npz with "
+                        "arrays x and y, a folder holding x.npy and y.npy, or a mapping {x: PATH, y: PATH}",
+                        kind="source")
+    test: Any = option(None, "test source, same forms as data.train; null for none",
+                       kind="source", nullable=True)
+    validation: Any = option(0.1, "validation split carved from the end of the training set: "
+                                  "a count of samples (e.g. 10000) or a fraction in [0, 1)",
+                             kind="split")
+    drop_last: bool = option(False, "drop the last incomplete minibatch of each epoch")
+
+
+@dataclass
+class ModelConfig:
+    layers: list = option([784, 100, 10], "layer sizes from input to output, e.g. [784, 100, 10]",
+                          kind="layers")
+    activation: str = option("relu", "hidden-layer activation", choices=ACTIVATIONS)
+    output: str = option("softmax_cross_entropy", "output activation and loss, fused", choices=OUTPUTS)
+    init: str = option("auto", "weight init: normal = N(0, 1); scaled_normal = N(0, 1/n_in); "
+                               "xavier = Glorot uniform; he = N(0, 2/n_in); auto = he for relu-like "
+                               "activations, xavier otherwise", choices=INITS)
+    bias_init: str = option("zeros", "bias init: zeros, or normal = N(0, 1)", choices=("zeros", "normal"))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(10, "passes over the training set", min=1, max=100_000)
+    batch_size: int = option(32, "samples per minibatch (K)", min=1, max=10_000_000)
+    lr: float = option(0.1, "learning rate (eta); the loss is averaged over the minibatch",
+                       min=0.0, min_exclusive=True, max=1e6)
+    momentum: float = option(0.0, "SGD momentum coefficient in [0, 1)", min=0.0, max=0.999999)
+    nesterov: bool = option(False, "Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = option(0.0, "L2 penalty: weight_decay/2 * sum(W**2) is added to the loss "
+                                      "(weights only, not biases)", min=0.0, max=1e6)
+    schedule: str = option("constant", "learning-rate schedule over epochs",
+                           choices=("constant", "cosine"))
+    dtype: str = option("float32", "floating-point type of weights, activations and gradients",
+                        choices=("float32", "float64"))
+    eval_batch_size: int = option(4096, "samples per batch when evaluating", min=1, max=10_000_000)
+
+
+@dataclass
+class Config:
+    seed: int = option(0, "seed of the one random generator: init, shuffling", min=0, max=2**63 - 1)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- reading
+
+def read_yaml(path: str) -> dict:
+    """The mapping in a YAML file; ConfigError naming the file for anything else."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: config file not found")
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory, expected a YAML config file")
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file: {e}") from None
+    return parse_yaml(text, path)
+
+
+def parse_yaml(text: str, source: str) -> dict:
+    """Parse config text with yaml.safe_load; the top level must be a mapping."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise ConfigError(f"{source}: invalid YAML: {e}") from None
+    if data is None:
+        raise ConfigError(f"{source}: config file is empty; expected a mapping such as 'model: {{layers: [784, 100, 10]}}'")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=0.05` -> (['train', 'lr'], 0.05); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=0.05")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"--set {text!r}: expected a dotted key before '=', e.g. train.lr")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise ConfigError(f"--set {key}: value {value!r} is {problem}") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {e}") from None
+    return parts, parsed
+
+
+def apply_override(raw: dict, parts: list[str], value: Any) -> None:
+    """Set raw[parts[0]][parts[1]]... = value, creating sections as needed."""
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Config from a YAML file (or `base` mapping), then overrides, validated."""
+    raw = read_yaml(path) if path is not None else dict(base or {})
+    source = path or "config"
+    for text in overrides:
+        parts, value = parse_override(text)
+        apply_override(raw, parts, value)
+    cfg = build(Config, raw, "", source)
+    check_consistency(cfg, source)
+    return cfg
+
+
+def config_from_yaml_text(text: str, source: str) -> Config:
+    """A Config from the YAML embedded in a run directory or checkpoint."""
+    cfg = build(Config, parse_yaml(text, source), "", source)
+    check_consistency(cfg, source)
+    return cfg
+
+
+# ---------------------------------------------------------------- validation
+
+def build(cls, raw: dict, prefix: str, source: str):
+    """Instantiate dataclass `cls` from mapping `raw`, validating every key and value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            dotted = prefix + str(key)
+            hint = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            did = f"; did you mean {prefix}{hint[0]}?" if hint else ""
+            allowed = ", ".join(prefix + f for f in fields)
+            raise ConfigError(f"{source}: unknown key {dotted}{did} (allowed: {allowed})")
+    values = {}
+    for name, f in fields.items():
+        dotted = prefix + name
+        if cls is Config and name in _SECTIONS:
+            sub = _SECTIONS[name]
+            values[name] = build(sub, raw.get(name) or {}, dotted + ".", source) \
+                if raw.get(name) is not None else sub()
+            continue
+        if name in raw:
+            values[name] = check_value(raw[name], f, dotted, source)
+    return cls(**values)
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_value(value, f: dataclasses.Field, dotted: str, source: str):
+    """The validated value of one field, or ConfigError naming the key, the value and what is allowed."""
+    meta = f.metadata
+    kind = meta.get("kind")
+    if value is None and meta.get("nullable"):
+        return None
+    bad = lambda allowed: ConfigError(f"{source}: {dotted} = {_show(value)}: expected {allowed}")
+    if kind == "source":
+        return _check_source(value, bad)
+    if kind == "split":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a sample count (integer >= 0) or a fraction in [0, 1)")
+        if isinstance(value, int):
+            if value < 0:
+                raise bad("a sample count (integer >= 0) or a fraction in [0, 1)")
+        elif not (0.0 <= value < 1.0):
+            raise bad("a sample count (integer >= 0) or a fraction in [0, 1)")
+        return value
+    if kind == "layers":
+        if (not isinstance(value, list) or len(value) < 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
+            raise bad("a list of at least two integer layer sizes, e.g. [784, 100, 10]")
+        if any(v < 1 or v > 1_000_000 for v in value):
+            raise bad("layer sizes between 1 and 1000000")
+        return list(value)
+    typ = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise bad("a finite number")
+    elif typ is str:
+        if not isinstance(value, str):
+            raise bad(f"one of {', '.join(meta['choices'])}" if meta.get("choices") else "a string")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        hint = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+        did = f" (did you mean {hint[0]}?)" if hint else ""
+        raise bad(f"one of {', '.join(choices)}{did}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+        raise bad(f"a value {'>' if meta.get('min_exclusive') else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise bad(f"a value <= {hi}")
+    return value
+
+
+def _check_source(value, bad):
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, dict) and set(value) == {"x", "y"} and all(
+            isinstance(v, str) and v.strip() for v in value.values()):
+        return dict(value)
+    raise bad("a path, or a mapping {x: PATH, y: PATH}")
+
+
+def check_consistency(cfg: Config, source: str) -> None:
+    """Rules that tie two keys together."""
+    if cfg.train.nesterov and cfg.train.momentum == 0.0:
+        raise ConfigError(f"{source}: train.nesterov = true needs train.momentum > 0 (got 0.0)")
+    if cfg.model.output == "softmax_cross_entropy" and cfg.model.layers[-1] < 2:
+        raise ConfigError(f"{source}: model.layers = {cfg.model.layers}: softmax_cross_entropy needs "
+                          f"an output layer of at least 2 units (one per class)")
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def reference() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, meaning) for every key, for the README and `--help`."""
+    rows = []
+
+    def walk(cls, prefix):
+        for f in dataclasses.fields(cls):
+            if cls is Config and f.name in _SECTIONS:
+                walk(_SECTIONS[f.name], prefix + f.name + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            meaning = f.metadata["help"]
+            if f.metadata.get("choices"):
+                meaning += f" ({'|'.join(f.metadata['choices'])})"
+            rows.append((prefix + f.name, default, meaning))
+
+    walk(Config, "")
+    return rows

@@ -1,0 +1,95 @@
+"""Output layers fused with their losses: each returns (loss, dZ_out) for a minibatch.
+
+The loss is the mean over the K samples of the per-sample cost, so dZ_out carries 1/K:
+softmax + cross-entropy gives (P - Y) / K; sigmoid + cross-entropy gives (A - Y) / K;
+sigmoid + quadratic (Nielsen's C = 1/2 ||a - y||^2) gives (A - Y) * sigma'(Z) / K.
+Z, Y and dZ are (K, m).
+
+    mbtrain fit configs/nielsen-ch1.yaml     # model.output: sigmoid_quadratic
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from mbtrain.activations import sigmoid
+
+
+class Output(NamedTuple):
+    predict: Callable          # (Z, out) -> output activations A_L (probabilities)
+    loss_and_delta: Callable   # (Z, Y, dZ_out) -> (mean loss: float, dZ_out (K, m))
+    loss: Callable             # (Z, Y) -> per-sample losses (K,)
+
+
+def softmax(Z, out=None):
+    """Row-wise softmax, stable: exp(z - max z) / sum exp(z - max z)."""
+    out = np.subtract(Z, Z.max(axis=1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+def log_softmax(Z):
+    """Row-wise log-softmax via log-sum-exp: z - max z - log sum exp(z - max z)."""
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy_samples(Z, Y):
+    return -(Y * log_softmax(Z)).sum(axis=1)
+
+
+def softmax_cross_entropy(Z, Y, dZ=None):
+    K = Z.shape[0]
+    dZ = softmax(Z, out=dZ)                                    # P
+    # log p = log(P) is safe only where p > 0; use the log-sum-exp form for the loss.
+    loss = float(softmax_cross_entropy_samples(Z, Y).sum()) / K
+    dZ -= Y                                                    # P - Y
+    dZ /= K
+    return loss, dZ
+
+
+def sigmoid_cross_entropy_samples(Z, Y):
+    # -y log s(z) - (1-y) log(1-s(z)) = max(z, 0) - z y + log(1 + exp(-|z|)), stable for any z.
+    return (np.maximum(Z, 0) - Z * Y + np.log1p(np.exp(-np.abs(Z)))).sum(axis=1)
+
+
+def sigmoid_cross_entropy(Z, Y, dZ=None):
+    K = Z.shape[0]
+    loss = float(sigmoid_cross_entropy_samples(Z, Y).sum()) / K
+    dZ = sigmoid(Z, out=dZ)                                    # A
+    dZ -= Y                                                    # A - Y
+    dZ /= K
+    return loss, dZ
+
+
+def sigmoid_quadratic_samples(Z, Y):
+    diff = sigmoid(Z) - Y
+    return 0.5 * (diff * diff).sum(axis=1)
+
+
+def sigmoid_quadratic(Z, Y, dZ=None):
+    K = Z.shape[0]
+    A = sigmoid(Z)
+    dZ = np.subtract(A, Y, out=dZ)                             # A - Y
+    loss = 0.5 * float((dZ * dZ).sum()) / K
+    A *= 1 - A                                                 # sigma'(Z) = a (1 - a)
+    dZ *= A
+    dZ /= K
+    return loss, dZ
+
+
+OUTPUTS: dict[str, Output] = {
+    "softmax_cross_entropy": Output(softmax, softmax_cross_entropy, softmax_cross_entropy_samples),
+    "sigmoid_cross_entropy": Output(sigmoid, sigmoid_cross_entropy, sigmoid_cross_entropy_samples),
+    "sigmoid_quadratic": Output(sigmoid, sigmoid_quadratic, sigmoid_quadratic_samples),
+}
+
+
+def get(name: str) -> Output:
+    try:
+        return OUTPUTS[name]
+    except KeyError:
+        raise ValueError(f"unknown output {name!r}; expected one of {', '.join(OUTPUTS)}") from None

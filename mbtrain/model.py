@@ -1,0 +1,130 @@
+"""The multilayer perceptron: parameters, init, and forward/backward vectorized over the minibatch.
+
+Layer l (1..L) has m neurons, layer l-1 has n, a minibatch has K samples in rows.
+W[l] is (m, n): row i is neuron i of layer l, column j is neuron j of layer l-1 ("to, from",
+like torch.nn.Linear.weight).
+
+    forward:  Z = A_prev @ W.T + b                 (K, m)
+              A = sigma(Z)
+    backward: dW = dZ.T @ A_prev                   (m, n) = sum_k delta_k a_k^T
+              db = dZ.sum(axis=0)                  (m,)
+              dZ_prev = (dZ @ W) * sigma'(Z_prev)  (K, n)
+
+Activations, errors and gradients live in buffers allocated once per batch size and reused.
+
+    mbtrain fit configs/mnist.yaml
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mbtrain import activations, losses
+
+
+def init_params(layers: list[int], init: str, bias_init: str, activation: str,
+                rng: np.random.Generator, dtype) -> list[np.ndarray]:
+    """[W0, b0, W1, b1, ...] with W_l (layers[l+1], layers[l]) and b_l (layers[l+1],)."""
+    if init == "auto":
+        init = "he" if activation in ("relu", "leaky_relu") else "xavier"
+    params = []
+    for n, m in zip(layers[:-1], layers[1:]):
+        if init == "normal":                       # Nielsen ch. 1: N(0, 1)
+            W = rng.standard_normal((m, n))
+        elif init == "scaled_normal":              # Nielsen ch. 3: N(0, 1/n_in)
+            W = rng.standard_normal((m, n)) / np.sqrt(n)
+        elif init == "xavier":                     # Glorot uniform: U(-a, a), a = sqrt(6/(n+m))
+            a = np.sqrt(6.0 / (n + m))
+            W = rng.uniform(-a, a, size=(m, n))
+        elif init == "he":                         # He normal: N(0, 2/n_in)
+            W = rng.standard_normal((m, n)) * np.sqrt(2.0 / n)
+        else:
+            raise ValueError(f"unknown init {init!r}")
+        b = rng.standard_normal(m) if bias_init == "normal" else np.zeros(m)
+        params += [W.astype(dtype), b.astype(dtype)]
+    return params
+
+
+class MLP:
+    """Weights, biases and the reusable buffers of one network.
+
+    params: [W0, b0, W1, b1, ...]; grads: the same shapes, filled by backward().
+    """
+
+    def __init__(self, params: list[np.ndarray], activation: str, output: str):
+        self.params = params
+        self.grads = [np.zeros_like(p) for p in params]
+        self.activation_name, self.output_name = activation, output
+        self.act = activations.get(activation)
+        self.out = losses.get(output)
+        self.dtype = params[0].dtype
+        self.layers = [params[0].shape[1]] + [W.shape[0] for W in params[0::2]]
+        self._K = None
+
+    @property
+    def weights(self):
+        return self.params[0::2]
+
+    @property
+    def biases(self):
+        return self.params[1::2]
+
+    def _buffers(self, K: int) -> None:
+        """Allocate Z, A, dZ, dA and sigma' buffers for batch size K (once per K)."""
+        if self._K == K:
+            return
+        make = lambda m: np.empty((K, m), dtype=self.dtype)
+        self.Z = [make(m) for m in self.layers[1:]]          # (K, m) per layer
+        self.A = [make(m) for m in self.layers[1:-1]]        # hidden activations
+        self.dZ = [make(m) for m in self.layers[1:]]         # errors dC/dZ per layer
+        self.dact = [make(m) for m in self.layers[1:-1]]     # sigma'(Z) of hidden layers
+        self._K = K
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """Z of the output layer (K, m_L) for inputs X (K, n_0); keeps every Z and A for backward."""
+        self._buffers(X.shape[0])
+        self.X = X
+        A_prev = X
+        L = len(self.Z)
+        for l, (W, b) in enumerate(zip(self.weights, self.biases)):
+            Z = np.matmul(A_prev, W.T, out=self.Z[l])             # (K, m)
+            Z += b
+            if l < L - 1:
+                A_prev = self.act.forward(Z, out=self.A[l])        # (K, m)
+        return self.Z[-1]
+
+    def loss_and_backward(self, Y: np.ndarray) -> float:
+        """Mean loss of the last forward() batch against targets Y (K, m_L); fills self.grads."""
+        loss, dZ = self.out.loss_and_delta(self.Z[-1], Y, self.dZ[-1])     # (K, m_L)
+        self.backward(dZ)
+        return loss
+
+    def backward(self, dZ: np.ndarray) -> None:
+        """Fill self.grads from the output error dZ (K, m_L) of the last forward()."""
+        L = len(self.Z)
+        for l in range(L - 1, -1, -1):
+            W = self.params[2 * l]
+            A_prev = self.A[l - 1] if l > 0 else self.X             # (K, n)
+            np.matmul(dZ.T, A_prev, out=self.grads[2 * l])         # dW = dZ.T @ A_prev  (m, n)
+            np.sum(dZ, axis=0, out=self.grads[2 * l + 1])          # db = dZ.sum(0)      (m,)
+            if l > 0:
+                dZ_prev = np.matmul(dZ, W, out=self.dZ[l - 1])     # dZ @ W              (K, n)
+                dZ_prev *= self.act.derivative(self.Z[l - 1], self.A[l - 1], out=self.dact[l - 1])
+                dZ = dZ_prev
+
+    def predict(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Output activations (N, m_L) for X (N, n_0), in batches, without touching the buffers."""
+        chunks = []
+        for start in range(0, X.shape[0], batch_size):
+            chunks.append(self.out.predict(self.logits(X[start:start + batch_size])))
+        return np.concatenate(chunks) if chunks else np.empty((0, self.layers[-1]), self.dtype)
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """Output-layer Z (K, m_L) for X (K, n_0), allocating fresh arrays (for evaluation)."""
+        A = X
+        L = len(self.weights)
+        for l, (W, b) in enumerate(zip(self.weights, self.biases)):
+            Z = A @ W.T
+            Z += b
+            A = self.act.forward(Z, out=Z) if l < L - 1 else Z
+        return A

@@ -1,0 +1,241 @@
+"""The training loop: data -> model -> forward, loss, backward, step -> metrics and checkpoints.
+
+    mbtrain fit configs/mnist.yaml
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from mbtrain import checkpoint, data, optim, runs, schedules
+from mbtrain.config import Config
+from mbtrain.errors import CheckpointError, DataError, Diverged, Interrupted
+from mbtrain.model import MLP, init_params
+
+
+def init_rng(seed: int) -> np.random.Generator:
+    """The generator for weight init, derived from the seed (shuffling derives its own per epoch)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+
+
+def build_model(cfg: Config) -> MLP:
+    m = cfg.model
+    params = init_params(m.layers, m.init, m.bias_init, m.activation, init_rng(cfg.seed), cfg.train.dtype)
+    return MLP(params, m.activation, m.output)
+
+
+def load_splits(cfg: Config):
+    """(train, validation or None, test or None) Datasets, checked against the model's layers."""
+    layers = cfg.model.layers
+    full = data.load(cfg.data.train, layers, "training")
+    train, val = full.split(cfg.data.validation)
+    test = data.load(cfg.data.test, layers, "test") if cfg.data.test is not None else None
+    return train, val, test
+
+
+def evaluate(model: MLP, dataset: data.Dataset, batch_size: int) -> dict:
+    """Mean loss, accuracy and per-class accuracy of `model` on `dataset`, in large batches."""
+    classes = model.layers[-1]
+    total_loss, correct, n = 0.0, 0, 0
+    class_total = np.zeros(classes, np.int64)
+    class_correct = np.zeros(classes, np.int64)
+    for X, Y in dataset.chunks(batch_size, model.dtype, classes):
+        Z = model.logits(X)                                          # (K, m_L)
+        total_loss += float(model.out.loss(Z, Y).sum())
+        truth, guess = _labels(Y, logits=False), _labels(Z, logits=True)
+        hit = truth == guess
+        correct += int(hit.sum())
+        n += len(X)
+        np.add.at(class_total, truth, 1)
+        np.add.at(class_correct, truth[hit], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = class_correct / class_total
+    return {"loss": total_loss / n, "acc": correct / n, "n": n,
+            "per_class_acc": [None if not math.isfinite(a) else float(a) for a in per_class]}
+
+
+def _labels(scores: np.ndarray, logits: bool) -> np.ndarray:
+    """Class index per row: argmax, or for a single sigmoid output z > 0 (targets: y >= 0.5)."""
+    if scores.shape[1] == 1:
+        return (scores[:, 0] > 0 if logits else scores[:, 0] >= 0.5).astype(np.int64)
+    return scores.argmax(axis=1)
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so the saved state is whole."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:            # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
+        quiet: bool = False, log=None) -> dict:
+    """Train `cfg` writing into `run_dir`; returns the summary (also written to summary.json)."""
+    log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr, flush=True))
+    train_set, val_set, test_set = load_splits(cfg)
+    t = cfg.train
+    model = MLP(resume.params, cfg.model.activation, cfg.model.output) if resume else build_model(cfg)
+    opt = optim.make(t, model.params)
+    state = {"epoch": 0, "epoch_step": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
+             "best_val_loss": None, "best_epoch": None, "seconds": 0.0}
+    if resume:
+        _check_optimizer_state(resume, opt)
+        opt.load_state(resume.optimizer)
+        state.update({k: resume.meta[k] for k in state if k in resume.meta})
+    classes = cfg.model.layers[-1]
+    batches = data.Batches(train_set, t.batch_size, cfg.data.drop_last, t.dtype, classes, cfg.seed)
+    steps = batches.steps_per_epoch()
+    if steps == 0:
+        raise DataError(f"{train_set.name}: {len(train_set)} training samples make no full batch of "
+                        f"train.batch_size = {t.batch_size} with data.drop_last = true")
+    metrics = runs.MetricsLog(run_dir, state["epoch"])
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+
+    def save(name: str) -> None:
+        meta = dict(state, seed=cfg.seed)
+        checkpoint.save(checkpoint.Checkpoint(model.params, opt.state(), cfg, meta),
+                        os.path.join(ckpt_dir, name))
+
+    show_bar = not quiet and sys.stderr.isatty()
+    wall_start = time.perf_counter()
+    with _StopFlag() as stop:
+        for epoch in range(state["epoch"], t.epochs):
+            epoch_start = time.perf_counter()
+            bar = tqdm(total=steps, initial=state["epoch_step"], disable=not show_bar, leave=False,
+                       file=sys.stderr, desc=f"epoch {epoch + 1}/{t.epochs}", mininterval=0.25)
+            lr_epoch = schedules.lr_at(t, epoch * steps + state["epoch_step"], steps)
+            for X, Y in batches.epoch(epoch, state["epoch_step"]):
+                opt.lr = schedules.lr_at(t, state["step"], steps)
+                # forward
+                Z = model.forward(X)                                   # (K, m_L)
+                # loss and backward
+                loss = model.loss_and_backward(Y)
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise Diverged(f"training diverged at epoch {epoch + 1}, step {state['epoch_step'] + 1}: "
+                                   f"loss is {loss}; the last good checkpoint is kept in {ckpt_dir}")
+                # update
+                opt.step(model.grads)
+                state["loss_sum"] += loss * len(X)
+                state["correct"] += int((_labels(Z, True) == _labels(Y, False)).sum())
+                state["seen"] += len(X)
+                state["step"] += 1
+                state["epoch_step"] += 1
+                if show_bar:
+                    bar.update(1)
+                    bar.set_postfix(step=state["step"], loss=f"{state['loss_sum'] / state['seen']:.4f}",
+                                    refresh=False)
+                if stop.signal is not None:
+                    bar.close()
+                    state["seconds"] += time.perf_counter() - epoch_start
+                    save("last.npz")
+                    raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state['epoch_step']}; "
+                                      f"checkpoint saved to {os.path.join(ckpt_dir, 'last.npz')}")
+            bar.close()
+            row = _end_epoch(model, state, epoch, lr_epoch, val_set, t.eval_batch_size)
+            state["seconds"] += time.perf_counter() - epoch_start
+            row["seconds"] = round(time.perf_counter() - epoch_start, 3)
+            improved = _update_best(state, row, epoch)
+            save("last.npz")
+            if improved:
+                save("best.npz")
+            metrics.append(row)
+            log(_epoch_line(row, t.epochs))
+    return _summary(cfg, run_dir, model, state, metrics.rows, test_set, ckpt_dir,
+                    time.perf_counter() - wall_start)
+
+
+def _check_optimizer_state(resume, opt) -> None:
+    expected = {k: v.shape for k, v in opt.state().items()}
+    found = {k: v.shape for k, v in resume.optimizer.items()}
+    if expected != found:
+        raise CheckpointError(f"optimizer state in the checkpoint ({sorted(found) or 'none'}) does not "
+                              f"match the configured optimizer ({sorted(expected) or 'none'})")
+
+
+def _end_epoch(model, state, epoch, lr, val_set, eval_batch_size) -> dict:
+    """The epoch's metrics row; resets the running sums for the next epoch."""
+    row = {"epoch": epoch + 1, "step": state["step"], "train_loss": state["loss_sum"] / state["seen"],
+           "train_acc": state["correct"] / state["seen"], "lr": lr}
+    if val_set is not None:
+        v = evaluate(model, val_set, eval_batch_size)
+        row["val_loss"], row["val_acc"] = v["loss"], v["acc"]
+    state.update(epoch=epoch + 1, epoch_step=0, loss_sum=0.0, correct=0, seen=0)
+    return row
+
+
+def _update_best(state, row, epoch) -> bool:
+    """Track the best epoch by val_loss (train_loss when there is no validation split)."""
+    score = row.get("val_loss", row["train_loss"])
+    if state["best_val_loss"] is None or score < state["best_val_loss"]:
+        state["best_val_loss"], state["best_epoch"] = score, epoch + 1
+        return True
+    return False
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}",
+             f"train_acc {row['train_acc']:.4f}"]
+    if "val_loss" in row:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_acc']:.4f}"]
+    parts += [f"lr {row['lr']:.4g}", f"time {row['seconds']:.1f}s"]
+    return " ".join(parts)
+
+
+def _summary(cfg, run_dir, model, state, rows, test_set, ckpt_dir, wall) -> dict:
+    final = rows[-1] if rows else {}
+    best_epoch = state["best_epoch"]
+    best = next((r for r in rows if int(r["epoch"]) == best_epoch), {})
+    summary = {
+        "run_dir": run_dir, "status": "completed", "epochs": state["epoch"], "steps": state["step"],
+        "final": {k: _num(v) for k, v in final.items()},
+        "best": {k: _num(v) for k, v in best.items()},
+        "train_seconds": round(state["seconds"], 3),
+        "samples_per_second": round(state["step"] * cfg.train.batch_size / max(state["seconds"], 1e-9), 1),
+    }
+    if test_set is not None:
+        t = evaluate(model, test_set, cfg.train.eval_batch_size)
+        summary["test"] = {"loss": t["loss"], "acc": t["acc"], "n": t["n"]}
+        best_path = os.path.join(ckpt_dir, "best.npz")
+        if os.path.exists(best_path):
+            b = checkpoint.load(best_path)
+            bt = evaluate(MLP(b.params, cfg.model.activation, cfg.model.output), test_set,
+                          cfg.train.eval_batch_size)
+            summary["best"]["test_loss"], summary["best"]["test_acc"] = bt["loss"], bt["acc"]
+    summary["wall_seconds"] = round(wall, 3)
+    runs.write_json(run_dir, "summary.json", summary)
+    return summary
+
+
+def _num(v):
+    if v in ("", None):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() and not isinstance(v, float) and "." not in str(v) else f

@@ -1,0 +1,6 @@
+from mbtrain.config import load_config
+
+
+def test_default_config_loads():
+    cfg = load_config("configs/mnist.yaml")
+    assert cfg.model.layers == [784, 512, 10]
