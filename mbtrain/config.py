@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,7 +190,7 @@ def build(cls, raw: dict, prefix: str, source: str):
     for key in raw:
         if key not in fields:
             dotted = prefix + str(key)
-            hint = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             did = f"; did you mean {prefix}{hint[0]}?" if hint else ""
             allowed = ", ".join(prefix + f for f in fields)
             raise ConfigError(f"{source}: unknown key {dotted}{did} (allowed: {allowed})")
@@ -209,6 +210,9 @@ def build(cls, raw: dict, prefix: str, source: str):
 def _show(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def check_value(value, f: dataclasses.Field, dotted: str, source: str):
@@ -244,6 +248,8 @@ def check_value(value, f: dataclasses.Field, dotted: str, source: str):
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
     elif typ is float:
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            value = float(value)          # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         value = float(value)
