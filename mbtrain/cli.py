@@ -50,33 +50,52 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 def fit(
     config: Annotated[Optional[str], typer.Argument(help="YAML config file (optional with --resume).")] = None,
     set_: SetOption = None,
-    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default runs/<config>-<UTC time>).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default runs/<config>-<UTC time>, "
+                                               "made unique with -2, -3, ...).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run directory runs/NAME instead of the "
+                                                "default.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", metavar="CKPT",
                                                   help="Continue from a checkpoint, in its run directory.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Empty an existing run directory given by "
+                                            "--out/--name and start afresh.")] = False,
     json_: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines.")] = False,
 ):
-    """Train a network from a config; write config, metrics, checkpoints and summary to a run directory."""
+    """Train a network from a config; write config, metrics, checkpoints and summary to a run directory.
+
+    The run directory's `status` file says running, completed, diverged, failed or interrupted.
+    """
     from mbtrain import checkpoint, runs
     from mbtrain.config import load_config
     from mbtrain.train import fit as fit_run
 
     if resume is not None:
+        if name is not None or overwrite:
+            raise UsageError("--resume continues its own run directory; it takes no --name or --overwrite")
         ckpt = checkpoint.load(resume)
         cfg = load_config(config, set_ or []) if config else load_config(None, set_ or [], ckpt.config.to_dict())
         _check_same_model(cfg, ckpt, resume)
         run_dir = out or os.path.dirname(os.path.dirname(os.path.abspath(resume)))
+        if runs.still_running(run_dir):
+            raise UsageError(f"{run_dir}: another mbtrain fit is still running in this run directory")
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     else:
         if config is None:
             raise UsageError("missing argument CONFIG (or give --resume CKPT)")
         cfg = load_config(config, set_ or [])
         ckpt = None
-        run_dir = runs.create(out, config)
-    runs.write_text(run_dir, "config.yaml", cfg.to_yaml())
-    if not quiet:
-        print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
-    summary = fit_run(cfg, run_dir, resume=ckpt, quiet=quiet)
+        run_dir = runs.create(out, config, name=name, overwrite=overwrite)
+    run = runs.Tracker(run_dir, sys.argv, config, set_ or [], resume)
+    try:
+        with run:
+            runs.write_text(run_dir, "config.yaml", cfg.to_yaml())
+            if not quiet:
+                print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+            summary = fit_run(cfg, run_dir, resume=ckpt, quiet=quiet)
+    finally:
+        if json_ and run.status != "completed":     # scripts get an object on every exit path
+            print(json.dumps({"run_dir": run_dir, "status": run.status, "exit_code": run.exit_code,
+                              "error": run.error}), flush=True)
     if json_:
         print(json.dumps(summary))
     elif not quiet:

@@ -1,0 +1,60 @@
+"""What a run ran on: Python and package versions, the BLAS numpy uses and its thread settings.
+
+Recorded in each run directory's run.json so a result can be traced to its software.
+
+    mbtrain fit configs/mnist.yaml && cat runs/mnist-*/run.json
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+PACKAGES = ("mbtrain", "numpy", "typer", "pyyaml", "tqdm", "threadpoolctl", "matplotlib")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+def versions() -> dict:
+    """{package: version} for Python and each installed package of PACKAGES (absent ones left out)."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def blas() -> dict:
+    """The BLAS numpy was built against, what is loaded at run time (when threadpoolctl is
+    installed) and the thread-count environment variables that steer it."""
+    info: dict = {"build": _numpy_build_blas()}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        pass
+    else:
+        info["loaded"] = [{k: pool.get(k) for k in ("internal_api", "version", "num_threads", "filepath")}
+                          for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    info["thread_variables"] = {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}
+    return info
+
+
+def _numpy_build_blas() -> dict:
+    import numpy as np
+    try:
+        config = np.show_config(mode="dicts")          # numpy >= 1.26
+    except TypeError:
+        return {}
+    dep = (config or {}).get("Build Dependencies", {}).get("blas", {})
+    keep = ("name", "version", "openblas configuration")
+    return {k: dep[k] for k in keep if k in dep}
+
+
+def describe() -> dict:
+    """Everything above in one mapping, plus the platform."""
+    return {"versions": versions(), "blas": blas(), "platform": platform.platform(),
+            "executable": sys.executable}
