@@ -155,6 +155,42 @@ def eval_(
                                    for i, a in enumerate(result["per_class_acc"])))
 
 
+@app.command()
+def gradcheck(
+    config: Annotated[Optional[str], typer.Argument(help="YAML config file (optional with --checkpoint).")] = None,
+    set_: SetOption = None,
+    samples: Annotated[int, typer.Option("--samples", metavar="K", help="Training samples in the minibatch "
+                                         "checked.")] = 8,
+    ckpt: Annotated[Optional[str], typer.Option("--checkpoint", metavar="CKPT", help="Check these weights "
+                                                "instead of a freshly initialized network.")] = None,
+    fd_entries: Annotated[int, typer.Option("--fd-entries", metavar="N", help="Finite-difference entries per "
+                                            "array; arrays with at most N entries are checked whole.")] = 64,
+    json_: JsonOption = False,
+):
+    """Check backprop: vectorized dZ.T @ A_prev vs the per-sample loop vs finite differences, per layer.
+
+    Exit 1 if any comparison is outside its tolerance (see docs/backprop.md).
+    """
+    from mbtrain import checkpoint
+    from mbtrain import gradcheck as gc
+    from mbtrain.config import load_config
+
+    params = None
+    if ckpt is not None:
+        c = checkpoint.load(ckpt)
+        cfg = load_config(config, set_ or []) if config else load_config(None, set_ or [], c.config.to_dict())
+        _check_same_model(cfg, c, ckpt)
+        params = c.params
+    elif config is None:
+        raise UsageError("missing argument CONFIG (or give --checkpoint CKPT)")
+    else:
+        cfg = load_config(config, set_ or [])
+    report = gc.run(cfg, samples, params, fd_entries)
+    print(json.dumps(report.to_dict()) if json_ else gc.format_report(report))
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every expected error into a message and an exit code."""
     from mbtrain.errors import Diverged, Interrupted, MbtrainError

@@ -1,0 +1,190 @@
+"""gradcheck: it passes on correct gradients for every activation x loss, and fails (exit 1) on broken ones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mbtrain import activations, gradcheck, losses, optim
+from mbtrain.cli import app
+from mbtrain.model import MLP, init_params
+
+runner = CliRunner()
+
+
+def random_targets(output: str, K: int, m: int, rng) -> np.ndarray:
+    """One-hot rows for softmax, values in [0, 1] for sigmoid outputs, real values otherwise."""
+    if output.startswith("softmax"):
+        return np.eye(m)[rng.integers(0, m, K)]
+    if output.startswith("sigmoid"):
+        return rng.uniform(0, 1, (K, m))
+    return rng.standard_normal((K, m))
+
+
+def random_problem(activation: str, output: str, seed: int):
+    """A random small float64 network (1-2 hidden layers, biases N(0, 1)) and K samples."""
+    rng = np.random.default_rng(seed)
+    layers = [int(rng.integers(2, 6))] + [int(rng.integers(2, 7)) for _ in range(int(rng.integers(1, 3)))] \
+        + [int(rng.integers(2, 5))]
+    params = init_params(layers, "scaled_normal", "normal", activation, rng, np.float64)
+    K = int(rng.integers(1, 6))
+    X = rng.standard_normal((K, layers[0]))
+    return MLP(params, activation, output), X, random_targets(output, K, layers[-1], rng)
+
+
+@pytest.mark.parametrize("output", list(losses.OUTPUTS))
+@pytest.mark.parametrize("activation", list(activations.ACTIVATIONS))
+def test_passes_for_every_activation_and_loss(activation, output):
+    for seed, weight_decay in ((0, 0.0), (1, 0.3)):
+        model, X, Y = random_problem(activation, output, seed)
+        report = gradcheck.check_model(model, X, Y, weight_decay)
+        assert report.passed, gradcheck.format_report(report)
+        for p in report.params:                       # every entry of these small arrays was compared
+            assert p.comparisons["vectorized_vs_numerical"].entries + p.kinks_skipped == int(np.prod(p.shape))
+            assert p.comparisons["vectorized_vs_loop"].entries == int(np.prod(p.shape))
+
+
+def failing(report) -> set[tuple[int, str, str]]:
+    return {(p.layer, p.name, kind) for p in report.params for kind, c in p.comparisons.items() if not c.passed}
+
+
+def test_broken_backward_fails_vectorized_comparisons_only(monkeypatch):
+    model, X, Y = random_problem("tanh", "softmax_cross_entropy", 2)
+    original = MLP.backward
+
+    def backward_off_by_one_percent(self, dZ):
+        original(self, dZ)
+        self.grads[0] *= 1.01
+
+    monkeypatch.setattr(MLP, "backward", backward_off_by_one_percent)
+    report = gradcheck.check_model(model, X, Y)
+    assert not report.passed
+    assert failing(report) == {(1, "W", "vectorized_vs_loop"), (1, "W", "vectorized_vs_numerical")}
+
+
+def test_forgetting_to_average_over_the_batch_fails(monkeypatch):
+    """A loss whose delta lacks the 1/K: the loop (batches of one) and the numbers still agree."""
+    fused = losses.OUTPUTS["sigmoid_cross_entropy"]
+
+    def summed(Z, Y, dZ=None):
+        loss, dZ = fused.loss_and_delta(Z, Y, dZ)
+        return loss, dZ * len(Z)
+
+    monkeypatch.setitem(losses.OUTPUTS, "sigmoid_cross_entropy", fused._replace(loss_and_delta=summed))
+    rng = np.random.default_rng(3)
+    model = MLP(init_params([3, 4, 2], "xavier", "normal", "sigmoid", rng, np.float64),
+                "sigmoid", "sigmoid_cross_entropy")
+    X, Y = rng.standard_normal((4, 3)), rng.uniform(0, 1, (4, 2))
+    report = gradcheck.check_model(model, X, Y)
+    kinds = {kind for _, _, kind in failing(report)}
+    assert kinds == {"vectorized_vs_loop", "vectorized_vs_numerical"}
+
+
+def test_wrong_activation_derivative_fails_against_finite_differences(monkeypatch):
+    tanh = activations.ACTIVATIONS["tanh"]
+    monkeypatch.setitem(activations.ACTIVATIONS, "tanh",
+                        tanh._replace(derivative=lambda Z, A, out=None: np.subtract(1, A, out=out)))
+    model, X, Y = random_problem("tanh", "softmax_cross_entropy", 4)
+    report = gradcheck.check_model(model, X, Y)
+    assert (1, "W", "loop_vs_numerical") in failing(report)
+    assert (1, "W", "vectorized_vs_numerical") in failing(report)
+
+
+def test_l2_ignored_by_the_optimizer_fails(monkeypatch):
+    monkeypatch.setattr(optim.SGD, "step", lambda self, grads: [p.__isub__(self.lr * g)
+                                                                  for p, g in zip(self.params, grads)])
+    model, X, Y = random_problem("relu", "softmax_cross_entropy", 5)
+    report = gradcheck.check_model(model, X, Y, weight_decay=0.5)
+    assert {(l, n) for l, n, kind in failing(report) if kind == "vectorized_vs_numerical"} == \
+        {(l, "W") for l in range(1, len(model.weights) + 1)}
+
+
+def test_relu_kink_within_h_is_skipped_not_failed():
+    # z = 1e-7 * x0 + 0.5 * x1 with x = (1, 0): moving W[0, 0] by +-1e-5 carries z across 0.
+    params = [np.array([[1e-7, 0.5]]), np.zeros(1), np.array([[1.0], [-1.0]]), np.zeros(2)]
+    model = MLP(params, "relu", "softmax_cross_entropy")
+    report = gradcheck.check_model(model, np.array([[1.0, 0.0]]), np.array([[1.0, 0.0]]))
+    assert report.params[0].kinks_skipped == 1 and report.params[1].kinks_skipped == 1
+    assert report.passed, gradcheck.format_report(report)
+
+
+def test_big_arrays_get_a_random_subset():
+    rng = np.random.default_rng(0)
+    model = MLP(init_params([30, 20, 3], "xavier", "zeros", "tanh", rng, np.float64), "tanh",
+                "softmax_cross_entropy")
+    report = gradcheck.check_model(model, rng.standard_normal((3, 30)), np.eye(3), fd_entries=10)
+    W1, b1 = report.params[0], report.params[1]
+    assert W1.comparisons["vectorized_vs_numerical"].entries == 10
+    assert W1.comparisons["vectorized_vs_loop"].entries == 600
+    assert b1.comparisons["vectorized_vs_numerical"].entries == 10
+    assert report.params[3].comparisons["vectorized_vs_numerical"].entries == 3
+    assert report.passed
+
+
+def test_float32_model_is_refused():
+    rng = np.random.default_rng(0)
+    model = MLP(init_params([2, 2], "xavier", "zeros", "tanh", rng, np.float32), "tanh", "softmax_cross_entropy")
+    with pytest.raises(gradcheck.MbtrainError, match="float64"):
+        gradcheck.check_model(model, np.ones((1, 2)), np.eye(2)[:1])
+
+
+# ---------------------------------------------------------------- the command
+
+def test_cli_passes_on_tiny_config(tiny_config):
+    result = runner.invoke(app, ["gradcheck", tiny_config, "--samples", "5"])
+    assert result.exit_code == 0, result.output
+    assert "PASS: all 4 arrays agree" in result.output
+    assert result.output.count("vectorized vs loop") == 4
+
+
+def test_cli_json_and_overrides(tiny_config):
+    result = runner.invoke(app, ["gradcheck", tiny_config, "--json", "--set", "model.activation=relu",
+                                 "--set", "train.weight_decay=0.01", "--set", "model.layers=[8,6,5,3]"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passed"] and report["samples"] == 8 and report["weight_decay"] == 0.01
+    assert [p["shape"] for p in report["params"]] == [[6, 8], [6], [5, 6], [5], [3, 5], [3]]
+
+
+def test_cli_exits_1_on_a_broken_gradient(tiny_config, monkeypatch):
+    original = MLP.backward
+
+    def broken(self, dZ):
+        original(self, dZ)
+        self.grads[-1] += 1e-3                       # last bias off by a constant
+
+    monkeypatch.setattr(MLP, "backward", broken)
+    result = runner.invoke(app, ["gradcheck", tiny_config])
+    assert result.exit_code == 1
+    assert "FAIL: layer 2 b (1 of 4 arrays)" in result.output
+
+
+def test_cli_checks_a_checkpoint(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["fit", tiny_config, "--out", str(out), "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["gradcheck", "--checkpoint", str(out / "checkpoints" / "last.npz"), "--json"])
+    assert result.exit_code == 0, result.output
+    trained = json.loads(result.output)
+    fresh = json.loads(runner.invoke(app, ["gradcheck", tiny_config, "--json"]).output)
+    assert trained["passed"] and trained["loss"] < fresh["loss"]     # the trained weights were checked
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--samples", "100000"], "has only 200 training samples"),
+    (["--samples", "0"], "--samples 0: expected at least 1"),
+])
+def test_cli_bad_input_exits_2(tiny_config, args, message):
+    from subprocess import run
+    import sys
+    proc = run([sys.executable, "-m", "mbtrain", "gradcheck", tiny_config, *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_needs_config_or_checkpoint():
+    result = runner.invoke(app, ["gradcheck"])
+    assert result.exit_code == 2
