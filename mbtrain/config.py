@@ -32,8 +32,11 @@ def option(default, help: str, *, choices=None, min=None, max=None, min_exclusiv
 
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
-OUTPUTS = ("softmax_cross_entropy", "sigmoid_cross_entropy", "sigmoid_quadratic")
-INITS = ("auto", "normal", "scaled_normal", "xavier", "he")
+OUTPUTS = ("softmax_cross_entropy", "sigmoid_cross_entropy", "sigmoid_quadratic", "identity_mse")
+INITS = ("auto", "normal", "scaled_normal", "xavier", "xavier_normal", "he", "he_uniform")
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
+MONITORS = ("val_loss", "val_acc")
 
 
 @dataclass
@@ -55,11 +58,18 @@ class ModelConfig:
     layers: list = option([784, 100, 10], "layer sizes from input to output, e.g. [784, 100, 10]",
                           kind="layers")
     activation: str = option("relu", "hidden-layer activation", choices=ACTIVATIONS)
-    output: str = option("softmax_cross_entropy", "output activation and loss, fused", choices=OUTPUTS)
+    output: str = option("softmax_cross_entropy", "output activation and loss, fused; identity_mse is "
+                                                  "regression (metrics MSE, MAE, R^2 instead of accuracy)",
+                         choices=OUTPUTS)
     init: str = option("auto", "weight init: normal = N(0, 1); scaled_normal = N(0, 1/n_in); "
-                               "xavier = Glorot uniform; he = N(0, 2/n_in); auto = he for relu-like "
-                               "activations, xavier otherwise", choices=INITS)
+                               "xavier = Glorot uniform U(-a, a), a = sqrt(6/(n_in+n_out)); xavier_normal = "
+                               "N(0, 2/(n_in+n_out)); he = N(0, 2/n_in); he_uniform = U(-a, a), a = "
+                               "sqrt(6/n_in); auto = he for relu-like activations, xavier otherwise",
+                       choices=INITS)
     bias_init: str = option("zeros", "bias init: zeros, or normal = N(0, 1)", choices=("zeros", "normal"))
+    dropout: float = option(0.0, "inverted dropout: the fraction of each hidden layer's activations "
+                                 "zeroed in training (survivors scaled by 1/(1-dropout)); off in evaluation",
+                            min=0.0, max=0.99)
 
 
 @dataclass
@@ -68,12 +78,44 @@ class TrainConfig:
     batch_size: int = option(32, "samples per minibatch (K)", min=1, max=10_000_000)
     lr: float = option(0.1, "learning rate (eta); the loss is averaged over the minibatch",
                        min=0.0, min_exclusive=True, max=1e6)
+    optimizer: str = option("sgd", "update rule (see mbtrain/optim.py for each formula)", choices=OPTIMIZERS)
     momentum: float = option(0.0, "SGD momentum coefficient in [0, 1)", min=0.0, max=0.999999)
     nesterov: bool = option(False, "Nesterov momentum (needs momentum > 0)")
-    weight_decay: float = option(0.0, "L2 penalty: weight_decay/2 * sum(W**2) is added to the loss "
-                                      "(weights only, not biases)", min=0.0, max=1e6)
-    schedule: str = option("constant", "learning-rate schedule over epochs",
-                           choices=("constant", "cosine"))
+    beta1: float = option(0.9, "adam/adamw: decay of the running mean of gradients", min=0.0, max=0.999999)
+    beta2: float = option(0.999, "adam/adamw: decay of the running mean of squared gradients",
+                          min=0.0, max=0.999999999)
+    rmsprop_decay: float = option(0.9, "rmsprop: decay rho of the running mean of squared gradients",
+                                  min=0.0, max=0.999999999)
+    epsilon: float = option(1e-8, "adam/adamw/rmsprop: added to the root-mean-square denominator",
+                            min=0.0, min_exclusive=True, max=1.0)
+    weight_decay: float = option(0.0, "L2 penalty lambda on weights (not biases): lambda/2 * sum(W**2) is "
+                                      "added to the minibatch-mean loss, i.e. g = dW + lambda W; for adamw "
+                                      "it is decoupled, W -= lr lambda W", min=0.0, max=1e6)
+    weight_decay_scaling: str = option("none", "none: use weight_decay as is; train_size: divide it by the "
+                                               "training-set size n (Nielsen's lambda/(2n) sum W^2, so his "
+                                               "lambda = 5.0 means the same here)", choices=("none", "train_size"))
+    schedule: str = option("constant", "learning-rate schedule: constant; step = times lr_decay_factor every "
+                                       "lr_step_epochs; exponential = times lr_decay_factor per epoch "
+                                       "(smoothly, per step); cosine = to 0 at the last step; plateau = "
+                                       "times lr_decay_factor when the monitored metric has not improved "
+                                       "for lr_plateau_patience epochs", choices=SCHEDULES)
+    lr_decay_factor: float = option(0.1, "step/exponential/plateau: the multiplier applied to lr",
+                                    min=0.0, min_exclusive=True, max=1.0)
+    lr_step_epochs: int = option(10, "step: epochs between decays", min=1, max=100_000)
+    lr_plateau_patience: int = option(5, "plateau: epochs without improvement before lr is decayed",
+                                      min=0, max=100_000)
+    lr_min: float = option(0.0, "plateau: lr is never decayed below this", min=0.0, max=1e6)
+    warmup_epochs: float = option(0.0, "linear warmup, combined with any schedule: lr is multiplied by "
+                                       "min(1, (step + 1) / warmup_steps)", min=0.0, max=100_000)
+    monitor: str = option("val_loss", "metric that picks the best epoch (best.npz) and drives early "
+                                      "stopping and plateau (train_loss/train_acc without validation)",
+                          choices=MONITORS)
+    early_stopping_patience: int = option(0, "stop after this many epochs without improvement of the "
+                                             "monitored metric; 0 = never stop early", min=0, max=100_000)
+    early_stopping_min_delta: float = option(0.0, "smallest change of the monitored metric that counts as "
+                                                  "an improvement", min=0.0, max=1e6)
+    restore_best: bool = option(False, "at the end, put back the weights of the best epoch (best.npz) "
+                                       "before the final evaluation")
     dtype: str = option("float32", "floating-point type of weights, activations and gradients",
                         choices=("float32", "float64"))
     eval_batch_size: int = option(4096, "samples per batch when evaluating", min=1, max=10_000_000)
@@ -81,7 +123,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    seed: int = option(0, "seed of the one random generator: init, shuffling", min=0, max=2**63 - 1)
+    seed: int = option(0, "seed of the one random generator: init, shuffling, dropout", min=0, max=2**63 - 1)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -284,6 +326,13 @@ def check_consistency(cfg: Config, source: str) -> None:
     """Rules that tie two keys together."""
     if cfg.train.nesterov and cfg.train.momentum == 0.0:
         raise ConfigError(f"{source}: train.nesterov = true needs train.momentum > 0 (got 0.0)")
+    t = cfg.train
+    if t.optimizer != "sgd" and (t.momentum or t.nesterov):
+        raise ConfigError(f"{source}: train.momentum/train.nesterov apply to train.optimizer = sgd only "
+                          f"(got optimizer {t.optimizer}, momentum {t.momentum})")
+    if cfg.model.output == "identity_mse" and t.monitor == "val_acc":
+        raise ConfigError(f"{source}: train.monitor = val_acc: regression (model.output = identity_mse) "
+                          f"has no accuracy; use val_loss")
     if cfg.model.output == "softmax_cross_entropy" and cfg.model.layers[-1] < 2:
         raise ConfigError(f"{source}: model.layers = {cfg.model.layers}: softmax_cross_entropy needs "
                           f"an output layer of at least 2 units (one per class)")

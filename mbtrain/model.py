@@ -36,8 +36,13 @@ def init_params(layers: list[int], init: str, bias_init: str, activation: str,
         elif init == "xavier":                     # Glorot uniform: U(-a, a), a = sqrt(6/(n+m))
             a = np.sqrt(6.0 / (n + m))
             W = rng.uniform(-a, a, size=(m, n))
+        elif init == "xavier_normal":              # Glorot normal: N(0, 2/(n+m))
+            W = rng.standard_normal((m, n)) * np.sqrt(2.0 / (n + m))
         elif init == "he":                         # He normal: N(0, 2/n_in)
             W = rng.standard_normal((m, n)) * np.sqrt(2.0 / n)
+        elif init == "he_uniform":                 # He uniform: U(-a, a), a = sqrt(6/n_in)
+            a = np.sqrt(6.0 / n)
+            W = rng.uniform(-a, a, size=(m, n))
         else:
             raise ValueError(f"unknown init {init!r}")
         b = rng.standard_normal(m) if bias_init == "normal" else np.zeros(m)

@@ -1,12 +1,23 @@
 """Optimizers, in order of increasing complexity; state is plain arrays so checkpoints can hold it.
 
-SGD with momentum mu, Nesterov, and L2 weight decay lambda on the weights (not biases):
-    g = dW + lambda W
+L2 weight decay lambda applies to the weights, never the biases. For SGD, Adam and RMSprop it is
+coupled, added to the gradient (PyTorch's `weight_decay`): g = dW + lambda W. AdamW decouples it.
+
+SGD with momentum mu and Nesterov:
     v = mu v + g
     W -= lr * (g + mu v)   if nesterov
     W -= lr * v            otherwise (with mu = 0 this is plain SGD: W -= lr g)
+RMSprop (Hinton, lecture 6e) with decay rho:
+    s = rho s + (1 - rho) g^2
+    W -= lr * g / (sqrt(s) + eps)
+Adam (Kingma & Ba 2015), step t = 1, 2, ...:
+    m = b1 m + (1 - b1) g
+    v = b2 v + (1 - b2) g^2
+    W -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+AdamW (Loshchilov & Hutter 2019): Adam on g = dW, after the decoupled decay W -= lr * lambda * W.
 
     mbtrain fit configs/mnist.yaml --set train.momentum=0.9 --set train.nesterov=true
+    mbtrain fit configs/keras-mnist-mlp.yaml      # train.optimizer: rmsprop
 """
 
 from __future__ import annotations
@@ -52,5 +63,123 @@ class SGD:
             v[...] = arrays[f"velocity{i}"]
 
 
-def make(cfg_train, params: list[np.ndarray]) -> SGD:
-    return SGD(params, cfg_train.lr, cfg_train.momentum, cfg_train.nesterov, cfg_train.weight_decay)
+def _coupled_l2(p: np.ndarray, dp: np.ndarray, i: int, weight_decay: float) -> np.ndarray:
+    """g = dW + lambda W for weights (even i), dp itself for biases or lambda = 0."""
+    if weight_decay and i % 2 == 0:
+        return dp + p.dtype.type(weight_decay) * p
+    return dp
+
+
+class RMSprop:
+    """RMSprop: each parameter's step divided by a running root-mean-square of its gradients."""
+
+    name = "rmsprop"
+
+    def __init__(self, params: list[np.ndarray], lr: float, decay: float = 0.9, eps: float = 1e-7,
+                 weight_decay: float = 0.0):
+        self.params, self.lr = params, lr
+        self.decay, self.eps, self.weight_decay = decay, eps, weight_decay
+        self.square_avg = [np.zeros_like(p) for p in params]
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        f = self.params[0].dtype.type
+        lr, rho, eps = f(self.lr), f(self.decay), f(self.eps)
+        for i, (p, dp) in enumerate(zip(self.params, grads)):
+            g = _coupled_l2(p, dp, i, self.weight_decay)
+            s = self.square_avg[i]
+            s *= rho
+            s += (1 - rho) * (g * g)                          # s = rho s + (1 - rho) g^2
+            p -= lr * g / (np.sqrt(s) + eps)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"square_avg{i}": s for i, s in enumerate(self.square_avg)}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        for i, s in enumerate(self.square_avg):
+            s[...] = arrays[f"square_avg{i}"]
+
+
+class Adam:
+    """Adam: momentum (m) and RMS scaling (v) with bias correction; coupled L2 like torch.optim.Adam."""
+
+    name = "adam"
+    decoupled = False
+
+    def __init__(self, params: list[np.ndarray], lr: float, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        self.params, self.lr = params, lr
+        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0                                             # steps taken, for bias correction
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        f = self.params[0].dtype.type
+        self.t += 1
+        b1, b2, eps, lr = f(self.beta1), f(self.beta2), f(self.eps), f(self.lr)
+        # the corrections in float64 then cast once, so 1 - b^t is not rounded to float32 first
+        correct1, correct2 = f(1 - self.beta1 ** self.t), f(1 - self.beta2 ** self.t)
+        for i, (p, dp) in enumerate(zip(self.params, grads)):
+            if self.decoupled:
+                if self.weight_decay and i % 2 == 0:
+                    p *= f(1 - self.lr * self.weight_decay)      # W -= lr lambda W
+                g = dp
+            else:
+                g = _coupled_l2(p, dp, i, self.weight_decay)
+            m, v = self.m[i], self.v[i]
+            m *= b1
+            m += (1 - b1) * g                                  # m = b1 m + (1 - b1) g
+            v *= b2
+            v += (1 - b2) * (g * g)                            # v = b2 v + (1 - b2) g^2
+            p -= lr * (m / correct1) / (np.sqrt(v / correct2) + eps)
+
+    def state(self) -> dict[str, np.ndarray]:
+        arrays = {"t": np.array(self.t, dtype=np.int64)}
+        for i, (m, v) in enumerate(zip(self.m, self.v)):
+            arrays[f"m{i}"], arrays[f"v{i}"] = m, v
+        return arrays
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.t = int(arrays["t"])
+        for i, (m, v) in enumerate(zip(self.m, self.v)):
+            m[...], v[...] = arrays[f"m{i}"], arrays[f"v{i}"]
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: W shrinks by lr * lambda * W, outside the adaptive step."""
+
+    name = "adamw"
+    decoupled = True
+
+
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+
+
+def effective_weight_decay(cfg_train, n_train: int | None) -> float:
+    """train.weight_decay, divided by the training-set size n under weight_decay_scaling = train_size.
+
+    Nielsen's C = C0 + lambda/(2n) sum W^2 has gradient dW + (lambda/n) W: with scaling
+    train_size, his lambda = 5.0 on 50,000 images is the coupled decay 5.0/50000 = 1e-4.
+    """
+    wd = cfg_train.weight_decay
+    if getattr(cfg_train, "weight_decay_scaling", "none") == "train_size" and wd:
+        if not n_train:
+            raise ValueError("train.weight_decay_scaling = train_size needs the training-set size")
+        wd = wd / n_train
+    return wd
+
+
+def make(cfg_train, params: list[np.ndarray], n_train: int | None = None):
+    """The optimizer named by train.optimizer over `params`."""
+    t = cfg_train
+    wd = effective_weight_decay(t, n_train)
+    name = getattr(t, "optimizer", "sgd")
+    if name == "sgd":
+        return SGD(params, t.lr, t.momentum, t.nesterov, wd)
+    if name == "rmsprop":
+        return RMSprop(params, t.lr, t.rmsprop_decay, t.epsilon, wd)
+    if name == "adam":
+        return Adam(params, t.lr, t.beta1, t.beta2, t.epsilon, wd)
+    if name == "adamw":
+        return AdamW(params, t.lr, t.beta1, t.beta2, t.epsilon, wd)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")

@@ -99,7 +99,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
     train_set, val_set, test_set = load_splits(cfg)
     t = cfg.train
     model = MLP(resume.params, cfg.model.activation, cfg.model.output) if resume else build_model(cfg)
-    opt = optim.make(t, model.params)
+    opt = optim.make(t, model.params, n_train=len(train_set))
     state = {"epoch": 0, "epoch_step": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
              "best_val_loss": None, "best_epoch": None, "seconds": 0.0}
     if resume:
