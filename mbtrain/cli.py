@@ -191,6 +191,68 @@ def gradcheck(
         raise typer.Exit(1)
 
 
+@app.command("config")
+def config_(
+    config: Annotated[str, typer.Argument(help="YAML config file.")],
+    set_: SetOption = None,
+    json_: JsonOption = False,
+):
+    """Validate a config and print it resolved (defaults filled in, overrides applied) as YAML; trains nothing.
+
+    Exit code 2 and one error line when the config or an override is bad, so a script can
+    check a whole grid before launching it.
+    """
+    from mbtrain.config import load_config
+
+    cfg = load_config(config, set_ or [])
+    print(json.dumps(cfg.to_dict()) if json_ else cfg.to_yaml(), end="\n" if json_ else "")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN_DIR...", help="Run directories written by "
+                                                  "mbtrain fit.")],
+    sort: Annotated[Optional[str], typer.Option("--sort", metavar="KEY", help="Sort by a column, best "
+                                                "first: *acc descending, others ascending, e.g. val_acc, "
+                                                "val_loss, train.lr.")] = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Reverse the --sort order.")] = False,
+    csv_: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    json_: JsonOption = False,
+):
+    """One row per run: its status, the settings that differ between the runs, final and best metrics.
+
+    Missing or corrupt directories and failed, diverged or running runs keep their row, with
+    the reason in the note column.
+    """
+    from mbtrain.compare import compare as compare_runs, to_csv, to_json, to_table
+
+    if csv_ and json_:
+        raise UsageError("give --csv or --json, not both")
+    result = compare_runs(run_dirs, sort, reverse)
+    text = to_json(result) + "\n" if json_ else to_csv(result) if csv_ else to_table(result)
+    sys.stdout.write(text)
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN_DIR...", help="Run directories written by "
+                                                  "mbtrain fit.")],
+    out: Annotated[str, typer.Option("--out", help="Image file to write (.png, .pdf or .svg).")] = "curves.png",
+    metric: Annotated[Optional[str], typer.Option("--metric", metavar="KEY", help="Draw only this: loss or "
+                                                  "acc (training and validation), or one metrics.csv column "
+                                                  "(train_loss, val_acc, lr, ...). Default: loss and acc.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not report the file written.")] = False,
+):
+    """Draw training and validation curves of one or several runs into one image (needs mbtrain[plot])."""
+    from mbtrain.plot import plot_runs
+
+    empty = plot_runs(run_dirs, out, metric)
+    if not quiet:
+        for label in empty:
+            print(f"note: {label} has no completed epoch yet", file=sys.stderr)
+        print(f"wrote {out}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every expected error into a message and an exit code."""
     from mbtrain.errors import Diverged, Interrupted, MbtrainError

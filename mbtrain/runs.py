@@ -140,23 +140,29 @@ def _read_run_json(run_dir: str) -> dict:
 
 
 def still_running(run_dir: str) -> bool:
-    """True when `status` says running and run.json names a live process on this host.
+    """True when `status` says running and run.json names a live process on this host."""
+    return read_status(run_dir) == "running" and _pid_state(run_dir) == "alive"
 
-    A run killed outright (SIGKILL, power loss) leaves `running` behind; its dead pid tells.
-    """
-    if read_status(run_dir) != "running":
-        return False
+
+def process_gone(run_dir: str) -> bool:
+    """True when `status` says running but its process on this host no longer exists: a run
+    killed outright (SIGKILL, out of memory) leaves `running` behind."""
+    return read_status(run_dir) == "running" and _pid_state(run_dir) == "gone"
+
+
+def _pid_state(run_dir: str) -> str:
+    """alive, gone, or unknown (no pid recorded, another host, or this very process)."""
     info = _read_run_json(run_dir)
     pid = info.get("pid")
     if not isinstance(pid, int) or pid == os.getpid() or info.get("host") != socket.gethostname():
-        return False
+        return "unknown"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return "gone"
     except OSError:
-        return True             # exists, owned by someone else
-    return True
+        return "alive"          # exists, owned by another user
+    return "alive"
 
 
 def outcome(exc: BaseException | None) -> tuple[str, int]:
