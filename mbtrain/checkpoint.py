@@ -14,13 +14,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mbtrain import __version__
+from mbtrain import __version__, testhook
 from mbtrain.config import Config, config_from_yaml_text
 from mbtrain.errors import CheckpointError, ConfigError
 
@@ -65,24 +66,58 @@ def save(ckpt: Checkpoint, path: str) -> None:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
+    """Write `data` to `path` so that `path` is always either the old file or the new one, whole.
+
+    Temp file in the same folder (so os.replace is an atomic rename), flush, fsync, replace,
+    fsync of the folder (so the rename itself survives a power cut). On an error the temp file
+    is removed and the old file is untouched; a SIGKILL can leave a temp file, which
+    remove_stale_temp() deletes when the run is resumed.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + name + ".", suffix=".tmp")
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot write checkpoint: {e.strerror or e}") from None
+        raise CheckpointError(f"{path}: cannot write: {e.strerror or e}; the previous version "
+                              f"(if any) is left intact") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            testhook.at("write-open:" + name)
             f.write(data)
+            testhook.at("write-data:" + name)
             f.flush()
             os.fsync(f.fileno())
+            testhook.at("write-synced:" + name)
         os.replace(tmp, path)
+        testhook.at("write-replaced:" + name)
     except OSError as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise CheckpointError(f"{path}: cannot write checkpoint: {e.strerror or e}") from None
+        raise CheckpointError(f"{path}: cannot write: {e.strerror or e}; the previous version "
+                              f"(if any) is left intact") from None
     fsync_dir(folder)
+
+
+# mkstemp's names: "." + target name + "." + 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temp(folder: str) -> list[str]:
+    """Delete temp files a killed write_atomic left in `folder`; returns their names."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if _TEMP_NAME.fullmatch(name):
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
 
 
 def fsync_dir(folder: str) -> None:

@@ -20,7 +20,7 @@ import typer
 from mbtrain import __version__
 
 EXIT_CODES = """Exit codes: 0 success; 1 a check failed (gradcheck); 2 bad input (usage, config, data,
-checkpoint); 3 training diverged (non-finite loss); 130 interrupted (a checkpoint was saved)."""
+checkpoint, or a file that cannot be written); 3 training diverged (non-finite loss or gradient); 130 interrupted (a checkpoint was saved)."""
 
 # click's UsageError, wherever this typer keeps click (newer releases vendor it).
 UsageError = typer.BadParameter.__mro__[1]
@@ -68,22 +68,26 @@ def fit(
     from mbtrain import checkpoint, runs
     from mbtrain.config import load_config
     from mbtrain.train import fit as fit_run
+    from mbtrain.train import load_splits
 
+    # every input is read and checked before anything is written, so a mistake leaves no trace
     if resume is not None:
         if name is not None or overwrite:
             raise UsageError("--resume continues its own run directory; it takes no --name or --overwrite")
         ckpt = checkpoint.load(resume)
         cfg = load_config(config, set_ or []) if config else load_config(None, set_ or [], ckpt.config.to_dict())
         _check_same_model(cfg, ckpt, resume)
+        splits = load_splits(cfg)
         run_dir = out or os.path.dirname(os.path.dirname(os.path.abspath(resume)))
         if runs.still_running(run_dir):
             raise UsageError(f"{run_dir}: another mbtrain fit is still running in this run directory")
-        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        runs.makedirs(os.path.join(run_dir, "checkpoints"))
     else:
         if config is None:
             raise UsageError("missing argument CONFIG (or give --resume CKPT)")
         cfg = load_config(config, set_ or [])
         ckpt = None
+        splits = load_splits(cfg)
         run_dir = runs.create(out, config, name=name, overwrite=overwrite)
     run = runs.Tracker(run_dir, sys.argv, config, set_ or [], resume)
     try:
@@ -91,7 +95,7 @@ def fit(
             runs.write_text(run_dir, "config.yaml", cfg.to_yaml())
             if not quiet:
                 print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
-            summary = fit_run(cfg, run_dir, resume=ckpt, quiet=quiet)
+            summary = fit_run(cfg, run_dir, resume=ckpt, quiet=quiet, splits=splits)
     finally:
         if json_ and run.status != "completed":     # scripts get an object on every exit path
             print(json.dumps({"run_dir": run_dir, "status": run.status, "exit_code": run.exit_code,

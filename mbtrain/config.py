@@ -119,6 +119,14 @@ class TrainConfig:
     dtype: str = option("float32", "floating-point type of weights, activations and gradients",
                         choices=("float32", "float64"))
     eval_batch_size: int = option(4096, "samples per batch when evaluating", min=1, max=10_000_000)
+    clip_norm: float = option(0.0, "clip the gradient to this global L2 norm (over all weights and "
+                                   "biases, before weight decay); 0 = no clipping", min=0.0, max=1e12)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = option(0, "also save checkpoints/last.npz every this many optimizer steps "
+                                 "(0 = only at the end of each epoch)", min=0, max=10**12)
 
 
 @dataclass
@@ -127,6 +135,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -241,7 +250,8 @@ def build(cls, raw: dict, prefix: str, source: str):
         dotted = prefix + name
         if cls is Config and name in _SECTIONS:
             sub = _SECTIONS[name]
-            values[name] = build(sub, raw.get(name) or {}, dotted + ".", source) \
+            # a present but empty section (`train:`) means defaults; `train: 0` is an error
+            values[name] = build(sub, raw[name], dotted + ".", source) \
                 if raw.get(name) is not None else sub()
             continue
         if name in raw:
@@ -338,7 +348,8 @@ def check_consistency(cfg: Config, source: str) -> None:
                           f"an output layer of at least 2 units (one per class)")
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+             "checkpoint": CheckpointConfig}
 
 
 def reference() -> list[tuple[str, Any, str]]:

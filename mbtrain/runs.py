@@ -231,6 +231,14 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def makedirs(path: str) -> None:
+    """os.makedirs(exist_ok=True), or MbtrainError naming the folder."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise MbtrainError(f"{path}: cannot create folder: {e.strerror or e}") from None
+
+
 def write_text(run_dir: str, name: str, text: str) -> None:
     write_atomic(os.path.join(run_dir, name), text.encode())
 

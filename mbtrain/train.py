@@ -15,7 +15,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from mbtrain import checkpoint, data, optim, runs, schedules
+from mbtrain import checkpoint, data, guard, optim, runs, schedules, testhook
 from mbtrain.config import Config
 from mbtrain.errors import CheckpointError, DataError, Diverged, Interrupted
 from mbtrain.model import MLP, init_params
@@ -93,10 +93,16 @@ class _StopFlag:
 
 
 def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
-        quiet: bool = False, log=None) -> dict:
-    """Train `cfg` writing into `run_dir`; returns the summary (also written to summary.json)."""
+        quiet: bool = False, log=None, splits=None) -> dict:
+    """Train `cfg` writing into `run_dir`; returns the summary (also written to summary.json).
+
+    `splits`: the (train, validation, test) of load_splits(cfg), when the caller already has them.
+    With `resume`, continues exactly where that checkpoint stopped (weights, optimizer state,
+    epoch, step within the epoch, running sums), so the result is bit-identical to a run that
+    was never interrupted.
+    """
     log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr, flush=True))
-    train_set, val_set, test_set = load_splits(cfg)
+    train_set, val_set, test_set = splits or load_splits(cfg)
     t = cfg.train
     model = MLP(resume.params, cfg.model.activation, cfg.model.output) if resume else build_model(cfg)
     opt = optim.make(t, model.params, n_train=len(train_set))
@@ -114,6 +120,9 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
                         f"train.batch_size = {t.batch_size} with data.drop_last = true")
     metrics = runs.MetricsLog(run_dir, state["epoch"])
     ckpt_dir = os.path.join(run_dir, "checkpoints")
+    for folder in (run_dir, ckpt_dir):              # temp files left by a write that was SIGKILLed
+        checkpoint.remove_stale_temp(folder)
+    every = cfg.checkpoint.every_steps
 
     def save(name: str) -> None:
         meta = dict(state, seed=cfg.seed)
@@ -122,22 +131,24 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
 
     show_bar = not quiet and sys.stderr.isatty()
     wall_start = time.perf_counter()
-    with _StopFlag() as stop:
+    # overflow to inf/nan is caught by guard.check_step with a clear message, not numpy warnings
+    with _StopFlag() as stop, np.errstate(over="ignore", invalid="ignore"):
         for epoch in range(state["epoch"], t.epochs):
             epoch_start = time.perf_counter()
             bar = tqdm(total=steps, initial=state["epoch_step"], disable=not show_bar, leave=False,
                        file=sys.stderr, desc=f"epoch {epoch + 1}/{t.epochs}", mininterval=0.25)
-            lr_epoch = schedules.lr_at(t, epoch * steps + state["epoch_step"], steps)
+            lr_epoch = schedules.lr_at(t, epoch * steps, steps)    # the lr of the epoch's first step
             for X, Y in batches.epoch(epoch, state["epoch_step"]):
                 opt.lr = schedules.lr_at(t, state["step"], steps)
                 # forward
                 Z = model.forward(X)                                   # (K, m_L)
                 # loss and backward
                 loss = model.loss_and_backward(Y)
-                if not math.isfinite(loss):
+                try:
+                    guard.check_step(loss, model.grads, t.clip_norm)     # before the update
+                except Diverged as e:
                     bar.close()
-                    raise Diverged(f"training diverged at epoch {epoch + 1}, step {state['epoch_step'] + 1}: "
-                                   f"loss is {loss}; the last good checkpoint is kept in {ckpt_dir}")
+                    raise _diverged(e, epoch, state, ckpt_dir) from None
                 # update
                 opt.step(model.grads)
                 state["loss_sum"] += loss * len(X)
@@ -145,6 +156,9 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
                 state["seen"] += len(X)
                 state["step"] += 1
                 state["epoch_step"] += 1
+                testhook.at("step")
+                if every and state["step"] % every == 0 and state["epoch_step"] < steps:
+                    save("last.npz")                  # mid-epoch; the epoch end saves below
                 if show_bar:
                     bar.update(1)
                     bar.set_postfix(step=state["step"], loss=f"{state['loss_sum'] / state['seen']:.4f}",
@@ -160,13 +174,25 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
             state["seconds"] += time.perf_counter() - epoch_start
             row["seconds"] = round(time.perf_counter() - epoch_start, 3)
             improved = _update_best(state, row, epoch)
-            save("last.npz")
+            # last.npz is the commit point: written last, so a kill before it re-runs this epoch
+            # from the previous checkpoint (metrics.csv is truncated to its epochs on resume)
+            metrics.append(row)
             if improved:
                 save("best.npz")
-            metrics.append(row)
+            save("last.npz")
+            testhook.at("epoch")
             log(_epoch_line(row, t.epochs))
     return _summary(cfg, run_dir, model, state, metrics.rows, test_set, ckpt_dir,
                     time.perf_counter() - wall_start)
+
+
+def _diverged(e: Diverged, epoch: int, state: dict, ckpt_dir: str) -> Diverged:
+    """The Diverged error with where it happened and which checkpoint is still good."""
+    last = os.path.join(ckpt_dir, "last.npz")
+    kept = (f"the last good checkpoint is kept: {last}" if os.path.exists(last)
+            else "no checkpoint had been saved yet")
+    return Diverged(f"training diverged at epoch {epoch + 1}, step {state['epoch_step'] + 1} "
+                    f"(global step {state['step'] + 1}): {e}; {kept}")
 
 
 def _check_optimizer_state(resume, opt) -> None:

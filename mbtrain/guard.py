@@ -1,0 +1,56 @@
+"""Guards on each step's gradient: divergence detection and clipping by global norm.
+
+A non-finite loss or gradient stops training before the update, so the parameters and the
+checkpoints on disk stay the last good ones (exit code 3). Clipping rescales all gradients
+together when their global L2 norm sqrt(sum_l ||dW_l||^2 + ||db_l||^2) exceeds train.clip_norm.
+
+    mbtrain fit configs/mnist.yaml --set train.clip_norm=5.0
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mbtrain.errors import Diverged
+
+
+def squared_norm(grads: list[np.ndarray]) -> float:
+    """sum of squares of every gradient entry, accumulated in float64 across arrays.
+
+    Each array's dot product runs in its own dtype (fast BLAS); a float32 overflow to inf
+    is told apart from a real inf/nan by the caller.
+    """
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for g in grads:
+            flat = g.reshape(-1)
+            total += float(np.dot(flat, flat))
+    return total
+
+
+def check_step(loss: float, grads: list[np.ndarray], clip_norm: float) -> float:
+    """Raise Diverged for a non-finite loss or gradient; clip in place; return the global norm.
+
+    The caller adds where it happened (epoch, step) to the message.
+    """
+    if not math.isfinite(loss):
+        raise Diverged(f"loss is {loss}")
+    sq = squared_norm(grads)
+    if not math.isfinite(sq):
+        # a non-finite sum of squares is either a real inf/nan entry or a float32 overflow
+        bad = next((l for l, g in enumerate(grads) if not np.isfinite(g).all()), None)
+        if bad is not None:
+            name = f"{'W' if bad % 2 == 0 else 'b'}{bad // 2}"
+            raise Diverged(f"gradient d{name} has a non-finite value (loss {loss:.6g})")
+        sq = sum(float(np.dot(g.reshape(-1).astype(np.float64), g.reshape(-1).astype(np.float64)))
+                 for g in grads)
+        if not math.isfinite(sq):
+            raise Diverged(f"the gradient's global norm overflows (loss {loss:.6g})")
+    norm = math.sqrt(sq)
+    if clip_norm and norm > clip_norm:
+        scale = grads[0].dtype.type(clip_norm / norm)
+        for g in grads:
+            g *= scale
+    return norm

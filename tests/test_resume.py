@@ -1,0 +1,109 @@
+"""Exact resume: a run SIGKILLed anywhere and resumed ends bit-identical to one never interrupted.
+
+Real subprocesses (`python -m mbtrain fit`) and real SIGKILLs, at moments chosen with the
+MBTRAIN_TEST_PAUSE_AT hook (mbtrain/testhook.py): mid-epoch, at an epoch boundary, and at each
+stage of a checkpoint or metrics write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import make_blobs
+from killing import kill_at_pause, mbtrain, metrics_rows, npz_arrays
+
+# 200 training samples / batch 16 = 13 steps per epoch (the last one of 8); 3 epochs = 39 steps;
+# a mid-epoch checkpoint every 5 steps (5, 10, 15, 20, 25, 30, 35) besides each epoch's end.
+STEPS_PER_EPOCH = 13
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(config path, reference run dir): the config and its uninterrupted run."""
+    root = tmp_path_factory.mktemp("resume")
+    x, y = make_blobs(240, 8, 3, seed=5)
+    np.savez(root / "train.npz", x=x, y=y)
+    cfg = {
+        "seed": 11,
+        "data": {"train": str(root / "train.npz"), "validation": 40},
+        "model": {"layers": [8, 12, 3], "activation": "tanh"},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 0.3, "momentum": 0.9, "nesterov": True,
+                  "weight_decay": 1e-4, "schedule": "cosine", "clip_norm": 1.0},
+        "checkpoint": {"every_steps": 5},
+    }
+    path = root / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ref = root / "reference"
+    r = mbtrain("fit", str(path), "--out", str(ref), "--quiet")
+    assert r.returncode == 0, r.stderr
+    return str(path), str(ref)
+
+
+def meta_of(path: str) -> dict:
+    meta = json.loads(str(npz_arrays(path)["meta"]))
+    meta.pop("seconds")                           # wall-clock time, the one thing allowed to differ
+    return meta
+
+
+def assert_same_run(run: str, ref: str) -> None:
+    """Weights, optimizer state, resume state and metrics identical; no temp files left."""
+    for name in ("last.npz", "best.npz"):
+        got, want = (npz_arrays(os.path.join(d, "checkpoints", name)) for d in (run, ref))
+        assert sorted(got) == sorted(want)
+        for key in want:
+            if key not in ("meta", "config"):
+                assert got[key].dtype == want[key].dtype
+                assert np.array_equal(got[key], want[key]), f"{name} {key} differs"
+                assert float(np.max(np.abs(got[key] - want[key]), initial=0.0)) == 0.0
+        assert str(got["config"]) == str(want["config"])
+        assert meta_of(os.path.join(run, "checkpoints", name)) == meta_of(os.path.join(ref, "checkpoints", name))
+    rows, want_rows = metrics_rows(run), metrics_rows(ref)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows == want_rows
+    leftovers = [n for d in (run, os.path.join(run, "checkpoints")) for n in os.listdir(d) if n.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_reference_run_saves_mid_epoch(setup):
+    cfg, ref = setup
+    meta = meta_of(os.path.join(ref, "checkpoints", "last.npz"))
+    assert (meta["epoch"], meta["epoch_step"], meta["step"]) == (3, 0, 3 * STEPS_PER_EPOCH)
+
+
+@pytest.mark.parametrize("pause_at, resumes_from", [
+    ("step:18", (1, 2, 15)),                       # (a) mid-epoch 2; last save was at step 15
+    ("epoch:1", (1, 0, 13)),                       # (b) right after epoch 1 was committed
+    ("write-data:last.npz:3", (0, 10, 10)),        # (c) during the epoch-1 last.npz write ...
+    ("write-synced:last.npz:4", (1, 0, 13)),       # ... after its fsync, before the rename
+    ("write-replaced:last.npz:4", (1, 2, 15)),     # ... renamed, folder not yet fsynced
+    ("write-open:best.npz:2", (1, 12, 25)),        # ... during best.npz, epoch 2
+    ("write-data:metrics.csv:3", (2, 9, 35)),      # ... during metrics.csv, epoch 3
+])
+def test_sigkill_then_resume_is_bit_identical(setup, tmp_path, pause_at, resumes_from):
+    cfg, ref = setup
+    run = str(tmp_path / "run")
+    kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at=pause_at)
+    last = os.path.join(run, "checkpoints", "last.npz")
+    meta = meta_of(last)
+    assert (meta["epoch"], meta["epoch_step"], meta["step"]) == resumes_from
+    r = mbtrain("fit", "--resume", last, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert_same_run(run, ref)
+
+
+def test_killed_twice_then_resumed(setup, tmp_path):
+    """A resumed run killed again (during its own write) still ends identical."""
+    cfg, ref = setup
+    run = str(tmp_path / "run")
+    last = os.path.join(run, "checkpoints", "last.npz")
+    kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at="step:7")
+    kill_at_pause("fit", "--resume", last, "--quiet", pause_at="write-data:last.npz:2")
+    assert meta_of(last)["step"] == 10
+    r = mbtrain("fit", "--resume", last, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert_same_run(run, ref)
