@@ -3,7 +3,7 @@
 For every weight matrix W (m, n) and bias b (m,) of a network, on K samples:
 
     vectorized  dW = dZ.T @ A_prev, db = dZ.sum(0): the model's own backward(), as training runs it
-                (plus the L2 term g = dW + weight_decay W, taken from the optimizer's own step)
+                (plus the L2 term g = dW + weight_decay W, taken from the optimizer's own code)
     loop        dW = (1/K) sum_k delta_k a_k^T, db = (1/K) sum_k delta_k: the textbook per-sample
                 loop, written here independently of model.py (the only per-sample loop in mbtrain)
     numerical   dC/dw ~ (C(w + h) - C(w - h)) / 2h, C the model's mean loss over the K samples
@@ -93,20 +93,24 @@ class Report:
 
 # ---------------------------------------------------------------- the three gradients
 
-def vectorized_gradients(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float) -> list[np.ndarray]:
+def vectorized_gradients(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float,
+                         optimizer: str = "sgd") -> list[np.ndarray]:
     """The gradient training descends: model.forward + loss_and_backward, then the optimizer's L2.
 
-    The L2 term lives in the optimizer (g = dW + weight_decay W), so it is read off one plain SGD
-    step with lr = 1 on a copy of the parameters: g = p - p_after.
+    The L2 term lives in the optimizer (g = dW + weight_decay W), so it is taken from the
+    optimizer's own code: for sgd, read off one plain step with lr = 1 on a copy of the
+    parameters (g = p - p_after); rmsprop and adam add it with optim._coupled_l2.
     """
     model.forward(X)                                          # (K, m_L)
     model.loss_and_backward(Y)
     grads = [g.copy() for g in model.grads]
-    if weight_decay:
+    if not weight_decay:
+        return grads
+    if optimizer == "sgd":
         probe = [p.copy() for p in model.params]
         optim.SGD(probe, lr=1.0, weight_decay=weight_decay).step(grads)
-        grads = [p - q for p, q in zip(model.params, probe)]
-    return grads
+        return [p - q for p, q in zip(model.params, probe)]
+    return [optim._coupled_l2(p, g, i, weight_decay) for i, (p, g) in enumerate(zip(model.params, grads))]
 
 
 def loop_gradients(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float) -> list[np.ndarray]:
@@ -188,12 +192,16 @@ def compare(a: np.ndarray, b: np.ndarray, kind: str) -> Comparison:
 
 
 def check_model(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float = 0.0,
-                rng: np.random.Generator | None = None, fd_entries: int = FD_ENTRIES) -> Report:
-    """Compare the three gradients of a float64 `model` on X (K, n_0), Y (K, m_L)."""
+                rng: np.random.Generator | None = None, fd_entries: int = FD_ENTRIES,
+                optimizer: str = "sgd") -> Report:
+    """Compare the three gradients of a float64 `model` on X (K, n_0), Y (K, m_L).
+
+    weight_decay is the coupled L2 coefficient the optimizer (sgd, rmsprop, adam) adds.
+    """
     if model.dtype != np.float64:
         raise MbtrainError(f"gradcheck needs a float64 model, got {model.dtype}")
     rng = rng or np.random.default_rng(0)
-    vec = vectorized_gradients(model, X, Y, weight_decay)
+    vec = vectorized_gradients(model, X, Y, weight_decay, optimizer)
     loop = loop_gradients(model, X, Y, weight_decay)
     loss = mean_loss(model, X, Y, weight_decay)
     checks = []
@@ -221,7 +229,7 @@ def gradcheck_rng(seed: int) -> np.random.Generator:
 
 
 def take_samples(cfg, samples: int, rng: np.random.Generator):
-    """K random rows of the training split as float64 (X (K, n_0), Y (K, m_L), source name)."""
+    """K random rows of the training split as float64: X (K, n_0), Y (K, m_L), source, split size."""
     full = data.load(cfg.data.train, cfg.model.layers, "training")
     train, _ = full.split(cfg.data.validation)
     if samples > len(train):
@@ -231,7 +239,22 @@ def take_samples(cfg, samples: int, rng: np.random.Generator):
     X = np.empty((samples, train.features), np.float64)
     Y = np.empty((samples, cfg.model.layers[-1]), np.float64)
     train.gather(rows, X, Y)
-    return X, Y, train.name
+    return X, Y, train.name, len(train)
+
+
+def loss_weight_decay(cfg_train, n_train: int) -> tuple[float, str]:
+    """(the L2 coefficient that is part of the loss, how it was found) for this config.
+
+    Coupled L2 (sgd, rmsprop, adam) adds weight_decay/2 * sum(W**2) to the loss, divided by the
+    training-set size under weight_decay_scaling = train_size, exactly as training computes it.
+    AdamW's decoupled decay shrinks W outside the gradient: it is no term of the loss.
+    """
+    wd = optim.effective_weight_decay(cfg_train, n_train)
+    scaling = getattr(cfg_train, "weight_decay_scaling", "none")
+    how = f"{cfg_train.weight_decay:g}" + (f"/{n_train} (train_size scaling)" if scaling == "train_size" and wd else "")
+    if getattr(cfg_train, "optimizer", "sgd") == "adamw" and wd:
+        return 0.0, how + ", decoupled by adamw: not part of the loss, not checked"
+    return wd, how
 
 
 def run(cfg, samples: int = 8, params: list[np.ndarray] | None = None,
@@ -247,10 +270,13 @@ def run(cfg, samples: int = 8, params: list[np.ndarray] | None = None,
     m = cfg.model
     model = MLP([p.astype(np.float64) for p in params], m.activation, m.output)
     rng = gradcheck_rng(cfg.seed)
-    X, Y, source = take_samples(cfg, samples, rng)
-    report = check_model(model, X, Y, cfg.train.weight_decay, rng, fd_entries)
+    X, Y, source, n_train = take_samples(cfg, samples, rng)
+    weight_decay, how = loss_weight_decay(cfg.train, n_train)
+    optimizer = getattr(cfg.train, "optimizer", "sgd")
+    report = check_model(model, X, Y, weight_decay, rng, fd_entries, optimizer)
     report.description = {"layers": list(m.layers), "activation": m.activation, "output": m.output,
-                          "weight_decay": cfg.train.weight_decay, "data": source}
+                          "optimizer": optimizer, "weight_decay": weight_decay, "weight_decay_from": how,
+                          "data": source}
     return report
 
 
@@ -264,7 +290,7 @@ def format_report(report: Report) -> str:
     lines = []
     if d:
         lines.append(f"network  {'-'.join(map(str, d['layers']))} {d['activation']}, {d['output']}, "
-                     f"weight_decay {d['weight_decay']:g}")
+                     f"{d['optimizer']}, L2 weight_decay {d['weight_decay_from']}")
         lines.append(f"data     {report.samples} samples of {d['data']}")
     lines.append(f"checking float64 gradients of the mean loss {report.loss:.6g}; numerical: central "
                  f"differences, h = {FD_STEP:g}")

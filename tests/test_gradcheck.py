@@ -103,6 +103,15 @@ def test_l2_ignored_by_the_optimizer_fails(monkeypatch):
         {(l, "W") for l in range(1, len(model.weights) + 1)}
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop", "adam"])
+def test_coupled_l2_of_each_optimizer(optimizer, monkeypatch):
+    model, X, Y = random_problem("sigmoid", "sigmoid_cross_entropy", 6)
+    assert gradcheck.check_model(model, X, Y, weight_decay=0.4, optimizer=optimizer).passed
+    if optimizer != "sgd":                          # their L2 comes from optim._coupled_l2: break it
+        monkeypatch.setattr(optim, "_coupled_l2", lambda p, dp, i, wd: dp + (2 * wd * p if i % 2 == 0 else 0))
+        assert not gradcheck.check_model(model, X, Y, weight_decay=0.4, optimizer=optimizer).passed
+
+
 def test_relu_kink_within_h_is_skipped_not_failed():
     # z = 1e-7 * x0 + 0.5 * x1 with x = (1, 0): moving W[0, 0] by +-1e-5 carries z across 0.
     params = [np.array([[1e-7, 0.5]]), np.zeros(1), np.array([[1.0], [-1.0]]), np.zeros(2)]
@@ -148,6 +157,14 @@ def test_cli_json_and_overrides(tiny_config):
     report = json.loads(result.output)
     assert report["passed"] and report["samples"] == 8 and report["weight_decay"] == 0.01
     assert [p["shape"] for p in report["params"]] == [[6, 8], [6], [5, 6], [5], [3, 5], [3]]
+
+
+def test_cli_l2_as_training_scales_it(tiny_config):
+    args = ["gradcheck", tiny_config, "--json", "--set", "train.weight_decay=2"]
+    nielsen = json.loads(runner.invoke(app, args + ["--set", "train.weight_decay_scaling=train_size"]).output)
+    assert nielsen["passed"] and nielsen["weight_decay"] == 2 / 200            # 240 samples - 40 validation
+    adamw = json.loads(runner.invoke(app, args + ["--set", "train.optimizer=adamw", "--set", "train.momentum=0"]).output)
+    assert adamw["passed"] and adamw["weight_decay"] == 0 and "decoupled" in adamw["weight_decay_from"]
 
 
 def test_cli_exits_1_on_a_broken_gradient(tiny_config, monkeypatch):
