@@ -257,6 +257,26 @@ def plot(
         print(f"wrote {out}", file=sys.stderr)
 
 
+@app.command()
+def bench(
+    config: Annotated[str, typer.Argument(help="YAML config file: network, batch size, dtype, optimizer, data.")],
+    set_: SetOption = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps per repeat (default: about "
+                                                 "0.25 s of vectorized steps); the per-sample loop runs a tenth.")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeats; each figure is their median.")] = 5,
+    json_: JsonOption = False,
+):
+    """Time the training step: vectorized vs a per-sample loop vs the GEMM-only bound; check gradients."""
+    from mbtrain import bench as benchmod
+    from mbtrain.config import load_config
+
+    result = benchmod.run(load_config(config, set_ or []), steps=steps, repeats=repeats)
+    print(json.dumps(result) if json_ else benchmod.table(result))
+    if not result["gradients_match"]:
+        print("error: vectorized and per-sample gradients differ", file=sys.stderr)
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every expected error into a message and an exit code."""
     from mbtrain.errors import Diverged, Interrupted, MbtrainError

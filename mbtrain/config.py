@@ -121,6 +121,9 @@ class TrainConfig:
     eval_batch_size: int = option(4096, "samples per batch when evaluating", min=1, max=10_000_000)
     clip_norm: float = option(0.0, "clip the gradient to this global L2 norm (over all weights and "
                                    "biases, before weight decay); 0 = no clipping", min=0.0, max=1e12)
+    threads: int = option(0, "BLAS threads for this run (via threadpoolctl); 0 = the BLAS default, "
+                             "usually one per core. Set 1 when running several trainings in parallel",
+                          min=0, max=1024)
 
 
 @dataclass

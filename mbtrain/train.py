@@ -15,7 +15,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from mbtrain import checkpoint, data, guard, optim, runs, schedules, testhook
+from mbtrain import blas, checkpoint, data, guard, optim, runs, schedules, testhook
 from mbtrain.config import Config
 from mbtrain.errors import CheckpointError, DataError, Diverged, Interrupted
 from mbtrain.model import MLP, init_params
@@ -92,6 +92,7 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+@blas.with_config_threads
 def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
         quiet: bool = False, log=None, splits=None) -> dict:
     """Train `cfg` writing into `run_dir`; returns the summary (also written to summary.json).

@@ -1,0 +1,216 @@
+"""Benchmark of one training step: vectorized, per-sample (textbook), and the GEMM-only bound.
+
+In one run, on the config's network, batch size, dtype and optimizer, and on batches
+gathered from its training data:
+  vectorized  - mbtrain's step: gather, forward, loss, backward, update;
+  per_sample  - the same step the textbook way: a loop over the K samples accumulating
+                delta_k a_k^T (the only per-sample loop in mbtrain, kept as the yardstick);
+  gemm_bound  - only the step's matrix products (Z = A_prev @ W.T, dW = dZ.T @ A_prev,
+                dA_prev = dZ @ W; same shapes, transposes, dtype), timed alone.
+Implementations alternate inside each repeat; each figure is the median over repeats.
+
+    mbtrain bench configs/mnist.yaml --set model.layers=[784,100,10] --set train.batch_size=64
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from mbtrain import blas, data, optim
+from mbtrain.config import Config
+from mbtrain.errors import DataError
+from mbtrain.model import MLP
+
+
+def per_sample_gradients(model: MLP, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[np.ndarray]]:
+    """Mean loss and gradients for the batch X (K, n_0), Y (K, m_L), one sample at a time.
+
+    For each sample: a^0 = x, z^l = W^l a^(l-1) + b^l, a^l = sigma(z^l); the output error
+    delta^L from the loss; delta^(l-1) = (W^l)^T delta^l * sigma'(z^(l-1));
+    dW^l += delta^l (a^(l-1))^T, db^l += delta^l. Finally divide by K (the loss is a mean).
+    """
+    K, L = X.shape[0], len(model.weights)
+    Ws, bs = model.weights, model.biases
+    grads = [np.zeros_like(p) for p in model.params]
+    total_loss = 0.0
+    for k in range(K):
+        # forward one sample
+        a_list, z_list = [X[k]], []
+        for l in range(L):
+            z = Ws[l] @ a_list[-1] + bs[l]                            # (m,)
+            z_list.append(z)
+            if l < L - 1:
+                a_list.append(model.act.forward(z))                  # (m,)
+        # the output error of this sample: the fused loss on a batch of one
+        loss, delta = model.out.loss_and_delta(z_list[-1][None, :], Y[k][None, :])
+        total_loss += loss
+        delta = delta[0]                                              # (m_L,)
+        # backward one sample
+        for l in range(L - 1, -1, -1):
+            grads[2 * l] += np.outer(delta, a_list[l])               # delta^l (a^(l-1))^T  (m, n)
+            grads[2 * l + 1] += delta
+            if l > 0:
+                delta = (Ws[l].T @ delta) * model.act.derivative(z_list[l - 1], a_list[l])
+    for g in grads:
+        g /= K
+    return total_loss / K, grads
+
+
+def gradient_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Largest |a - b| relative to the largest |b|, over every gradient array."""
+    return max(float(np.abs(x - y).max()) / max(float(np.abs(y).max()), 1e-30) for x, y in zip(a, b))
+
+
+def flops_per_step(layers: list[int], K: int) -> int:
+    """2 K m n per product; three products per layer except the input layer (no dA_prev)."""
+    return sum(2 * K * m * n * (2 if l == 0 else 3)
+               for l, (n, m) in enumerate(zip(layers[:-1], layers[1:])))
+
+
+class _Gemms:
+    """Exactly the step's matrix products on buffers of the step's shapes and dtype."""
+
+    def __init__(self, layers: list[int], K: int, dtype, rng: np.random.Generator):
+        fill = lambda *shape: rng.standard_normal(shape).astype(dtype)
+        self.layers = []
+        for n, m in zip(layers[:-1], layers[1:]):
+            self.layers.append(dict(A_prev=fill(K, n), W=fill(m, n), Z=fill(K, m), dZ=fill(K, m),
+                                    dW=fill(m, n), dA_prev=fill(K, n)))
+
+    def run(self) -> None:
+        for b in self.layers:
+            np.matmul(b["A_prev"], b["W"].T, out=b["Z"])             # forward   (K, m)
+        for l in range(len(self.layers) - 1, -1, -1):
+            b = self.layers[l]
+            np.matmul(b["dZ"].T, b["A_prev"], out=b["dW"])           # dW        (m, n)
+            if l > 0:
+                np.matmul(b["dZ"], b["W"], out=b["dA_prev"])         # dA_prev   (K, n)
+
+
+class _Trainer:
+    """A model, its optimizer and an endless stream of training batches; step() is one training step."""
+
+    def __init__(self, cfg: Config, train_set: data.Dataset, per_sample: bool):
+        from mbtrain.train import build_model
+        t = cfg.train
+        self.model = build_model(cfg)
+        self.opt = optim.make(t, self.model.params)
+        self.per_sample = per_sample
+        self.batches = data.Batches(train_set, t.batch_size, True, t.dtype, cfg.model.layers[-1], cfg.seed)
+        self.stream = self._endless()
+
+    def _endless(self):
+        epoch = 0
+        while True:
+            yield from self.batches.epoch(epoch)
+            epoch += 1
+
+    def step(self) -> None:
+        X, Y = next(self.stream)
+        if self.per_sample:
+            _, grads = per_sample_gradients(self.model, X, Y)
+        else:
+            self.model.forward(X)
+            self.model.loss_and_backward(Y)
+            grads = self.model.grads
+        self.opt.step(grads)
+
+
+def _timed(fn, steps: int) -> float:
+    """Seconds per call of fn, over `steps` calls."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def run(cfg: Config, steps: int | None = None, repeats: int = 5) -> dict:
+    """Measure the three implementations for cfg's network; returns the result as a dict."""
+    with blas.limit(cfg.train.threads):
+        return _run(cfg, steps, repeats)
+
+
+def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
+    t, layers, K = cfg.train, cfg.model.layers, cfg.train.batch_size
+    train_set = data.load(cfg.data.train, layers, "training")
+    if len(train_set) < K:
+        raise DataError(f"{train_set.name}: {len(train_set)} training samples make no batch of "
+                        f"train.batch_size = {K}")
+    vectorized, per_sample = _Trainer(cfg, train_set, False), _Trainer(cfg, train_set, True)
+    check = gradient_check(vectorized.model, *next(vectorized.stream), t.dtype)
+    gemms = _Gemms(layers, K, t.dtype, np.random.default_rng(cfg.seed))
+    steps = steps or _calibrate(vectorized.step)
+    per_sample_steps = max(1, steps // 10)
+    runs = {"vectorized": (vectorized.step, steps), "per_sample": (per_sample.step, per_sample_steps),
+            "gemm_bound": (gemms.run, steps)}
+    times = {name: [] for name in runs}
+    for fn, _ in runs.values():                                            # warm-up
+        fn()
+    for r in range(repeats):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):     # alternate the order
+            fn, n = runs[name]
+            times[name].append(_timed(fn, n))
+    seconds = {name: statistics.median(v) for name, v in times.items()}
+    rate = {name: K / s for name, s in seconds.items()}
+    flops = flops_per_step(layers, K)
+    timing = {name: {"samples_per_second": rate[name], "step_ms": 1e3 * seconds[name]} for name in runs}
+    return {
+        "network": layers, "activation": cfg.model.activation, "output": cfg.model.output,
+        "batch_size": K, "dtype": t.dtype, "optimizer": getattr(vectorized.opt, "name", "sgd"),
+        "steps": steps, "per_sample_steps": per_sample_steps, "repeats": repeats, **timing,
+        "speedup_over_per_sample": rate["vectorized"] / rate["per_sample"],
+        "vectorized_over_gemm_bound": rate["vectorized"] / rate["gemm_bound"],
+        **check, "flops_per_step": flops,
+        "gflops": flops / seconds["vectorized"] / 1e9, "gemm_gflops": flops / seconds["gemm_bound"] / 1e9,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "blas": blas.info(), "threads": t.threads,
+    }
+
+
+def gradient_check(model: MLP, X: np.ndarray, Y: np.ndarray, dtype) -> dict:
+    """Vectorized and per-sample gradients of one batch on the same weights, compared."""
+    model.forward(X)
+    loss_vectorized = model.loss_and_backward(Y)
+    loss_per_sample, grads = per_sample_gradients(model, X, Y)
+    difference = gradient_difference(model.grads, grads)
+    tolerance = 1e-4 if np.dtype(dtype) == np.float32 else 1e-10
+    return {"gradients_match": bool(difference <= tolerance), "gradient_max_relative_difference": difference,
+            "gradient_tolerance": tolerance, "loss_vectorized": loss_vectorized,
+            "loss_per_sample": loss_per_sample}
+
+
+def _calibrate(step, seconds: float = 0.25, most: int = 2000) -> int:
+    """Steps per repeat so that one repeat of the vectorized step takes about `seconds`."""
+    per_step = _timed(step, 3)
+    return int(min(most, max(5, seconds / max(per_step, 1e-9))))
+
+
+def table(result: dict) -> str:
+    """The result as a readable table."""
+    r = result
+    lib = r["blas"]
+    head = (f"network {'-'.join(map(str, r['network']))} {r['activation']}, batch {r['batch_size']}, "
+            f"{r['dtype']}, {r['optimizer']}; {r['repeats']} repeats of {r['steps']} steps "
+            f"({r['per_sample_steps']} per-sample); BLAS {lib['library']} {lib['version']} "
+            f"({lib['architecture']}), {lib['threads']} threads")
+    rows = [("", "samples/s", "step ms", "ratio")]
+    rows.append(("vectorized", f"{r['vectorized']['samples_per_second']:,.0f}",
+                 f"{r['vectorized']['step_ms']:.3f}", "1"))
+    rows.append(("per_sample", f"{r['per_sample']['samples_per_second']:,.0f}",
+                 f"{r['per_sample']['step_ms']:.3f}", f"vectorized is {r['speedup_over_per_sample']:.1f}x"))
+    rows.append(("gemm_bound", f"{r['gemm_bound']['samples_per_second']:,.0f}",
+                 f"{r['gemm_bound']['step_ms']:.3f}",
+                 f"vectorized / gemm_bound = {r['vectorized_over_gemm_bound']:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [head] + ["  ".join([row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]), row[3]])
+                      for row in rows]
+    check = "match" if r["gradients_match"] else "DIFFER"
+    lines.append(f"GFLOP/s {r['gflops']:.1f} (GEMMs alone {r['gemm_gflops']:.1f}); peak RSS "
+                 f"{r['peak_rss_mb']:.0f} MB; gradients {check} (max relative difference "
+                 f"{r['gradient_max_relative_difference']:.1e}, tolerance {r['gradient_tolerance']:.0e})")
+    return "\n".join(lines)

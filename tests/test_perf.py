@@ -1,0 +1,150 @@
+"""The hot path and `mbtrain bench`: per-sample reference gradients, float32 end to end, BLAS threads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from mbtrain import bench, blas, data, optim
+from mbtrain.config import load_config
+from mbtrain.train import build_model
+
+
+def _one_batch(cfg, dtype=None):
+    dtype = dtype or cfg.train.dtype
+    train = data.load(cfg.data.train, cfg.model.layers, "training")
+    batches = data.Batches(train, cfg.train.batch_size, False, dtype, cfg.model.layers[-1], cfg.seed)
+    return next(batches.epoch(0))
+
+
+@pytest.mark.parametrize("activation,output", [("relu", "softmax_cross_entropy"),
+                                               ("sigmoid", "sigmoid_quadratic"),
+                                               ("tanh", "sigmoid_cross_entropy")])
+def test_per_sample_loop_gives_the_vectorized_gradients(tiny_config, activation, output):
+    cfg = load_config(tiny_config, [f"model.activation={activation}", f"model.output={output}",
+                                    "model.layers=[8,16,7,3]", "train.dtype=float64"])
+    model = build_model(cfg)
+    X, Y = _one_batch(cfg)
+    model.forward(X)
+    loss = model.loss_and_backward(Y)
+    loss_ref, grads_ref = bench.per_sample_gradients(model, X, Y)
+    assert loss == pytest.approx(loss_ref, rel=1e-12)
+    for g, ref in zip(model.grads, grads_ref):
+        np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
+    # and the reference itself against a finite difference of the mean loss on one weight
+    W = model.params[2]
+    eps, (i, j) = 1e-6, (1, 2)
+    W[i, j] += eps
+    up = bench.per_sample_gradients(model, X, Y)[0]
+    W[i, j] -= 2 * eps
+    down = bench.per_sample_gradients(model, X, Y)[0]
+    W[i, j] += eps
+    assert grads_ref[2][i, j] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9)
+
+
+def test_flops_count_three_products_per_layer_but_the_first():
+    # 784-100-10, K=64: layer 1 has 2 products of 2*64*784*100, layer 2 has 3 of 2*64*100*10
+    assert bench.flops_per_step([784, 100, 10], 64) == 2 * (2 * 64 * 784 * 100) + 3 * (2 * 64 * 100 * 10)
+
+
+def _arrays(obj, seen=None, path="", depth=0):
+    """(path, array) for every ndarray reachable through attributes, lists, tuples and dicts."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth > 4:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _arrays(v, seen, f"{path}[{k!r}]", depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _arrays(v, seen, f"{path}[{i}]", depth + 1)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        for k, v in vars(obj).items():
+            yield from _arrays(v, seen, f"{path}.{k}", depth + 1)
+
+
+@pytest.mark.parametrize("overrides", [[], ["train.momentum=0", "train.weight_decay=0.01"],
+                                       ["model.activation=sigmoid", "model.output=sigmoid_quadratic"]])
+def test_float32_training_step_has_no_float64_array(tiny_config, overrides):
+    cfg = load_config(tiny_config, ["train.dtype=float32", "train.weight_decay=0.001"] + overrides)
+    model = build_model(cfg)
+    opt = optim.make(cfg.train, model.params)
+    X, Y = _one_batch(cfg)
+    opt.lr = 0.1                                   # a Python float, as the schedule sets it
+    for _ in range(2):
+        Z = model.forward(X)
+        loss = model.loss_and_backward(Y)
+        opt.step(model.grads)
+    assert isinstance(loss, float)
+    found = dict(_arrays(model, path="model")) | dict(_arrays(opt, path="opt"))
+    found |= {"X": X, "Y": Y, "Z": Z}
+    assert len(found) > 10                         # buffers, grads, params and optimizer state were seen
+    floats = {p: a.dtype for p, a in found.items() if a.dtype.kind == "f"}
+    assert floats and all(d == np.float32 for d in floats.values()), \
+        {p: d for p, d in floats.items() if d != np.float32}
+
+
+def test_bench_json_reports_every_field(tiny_config):
+    out = subprocess.run([sys.executable, "-m", "mbtrain", "bench", tiny_config, "--steps", "3",
+                          "--repeats", "1", "--set", "train.threads=1", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["network"] == [8, 16, 3] and r["batch_size"] == 16 and r["dtype"] == "float32"
+    for name in ("vectorized", "per_sample", "gemm_bound"):
+        assert r[name]["samples_per_second"] > 0 and r[name]["step_ms"] > 0
+    assert r["speedup_over_per_sample"] == pytest.approx(
+        r["vectorized"]["samples_per_second"] / r["per_sample"]["samples_per_second"])
+    assert r["vectorized_over_gemm_bound"] == pytest.approx(
+        r["vectorized"]["samples_per_second"] / r["gemm_bound"]["samples_per_second"])
+    assert r["gradients_match"] is True and r["gradient_max_relative_difference"] <= 1e-4
+    assert r["flops_per_step"] == bench.flops_per_step([8, 16, 3], 16)
+    assert r["gflops"] == pytest.approx(r["flops_per_step"] / r["vectorized"]["step_ms"] / 1e6)
+    assert r["peak_rss_mb"] > 1
+    assert set(r["blas"]) == {"library", "version", "threads", "architecture"}
+    assert r["blas"]["threads"] in (1, None) and r["threads"] == 1
+    assert r["steps"] == 3 and r["per_sample_steps"] == 1 and r["repeats"] == 1
+
+
+def test_bench_table_and_bad_config(tiny_config, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mbtrain", "bench", tiny_config, "--steps", "2",
+                          "--repeats", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for word in ("vectorized", "per_sample", "gemm_bound", "GFLOP/s", "peak RSS", "gradients match"):
+        assert word in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "mbtrain", "bench", tiny_config, "--set",
+                          "train.threads=-1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "train.threads" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_threads_limit_blas_inside_the_context_only():
+    before = blas.info()["threads"]
+    with blas.limit(1):
+        assert blas.info()["threads"] == 1
+    assert blas.info()["threads"] == before
+    with blas.limit(0):                            # 0 leaves the default
+        assert blas.info()["threads"] == before
+
+
+def test_fit_runs_under_train_threads(tiny_config, tmp_path, monkeypatch):
+    from mbtrain import train
+    seen = []
+    real_step = optim.SGD.step
+
+    def spy(self, grads):
+        seen.append(blas.info()["threads"])
+        return real_step(self, grads)
+
+    monkeypatch.setattr(optim.SGD, "step", spy)
+    cfg = load_config(tiny_config, ["train.threads=1", "train.epochs=1"])
+    from mbtrain import runs
+    train.fit(cfg, runs.create(str(tmp_path / "run"), None), quiet=True)
+    assert seen and set(seen) == {1}
