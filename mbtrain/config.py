@@ -98,11 +98,12 @@ class TrainConfig:
                                        "lr_step_epochs; exponential = times lr_decay_factor per epoch "
                                        "(smoothly, per step); cosine = to 0 at the last step; plateau = "
                                        "times lr_decay_factor when the monitored metric has not improved "
-                                       "for lr_plateau_patience epochs", choices=SCHEDULES)
+                                       "for more than lr_plateau_patience epochs", choices=SCHEDULES)
     lr_decay_factor: float = option(0.1, "step/exponential/plateau: the multiplier applied to lr",
                                     min=0.0, min_exclusive=True, max=1.0)
     lr_step_epochs: int = option(10, "step: epochs between decays", min=1, max=100_000)
-    lr_plateau_patience: int = option(5, "plateau: epochs without improvement before lr is decayed",
+    lr_plateau_patience: int = option(5, "plateau: lr is cut once the monitored metric has not improved "
+                                         "for more than this many epochs (PyTorch's patience)",
                                       min=0, max=100_000)
     lr_min: float = option(0.0, "plateau: lr is never decayed below this", min=0.0, max=1e6)
     warmup_epochs: float = option(0.0, "linear warmup, combined with any schedule: lr is multiplied by "
@@ -112,8 +113,8 @@ class TrainConfig:
                           choices=MONITORS)
     early_stopping_patience: int = option(0, "stop after this many epochs without improvement of the "
                                              "monitored metric; 0 = never stop early", min=0, max=100_000)
-    early_stopping_min_delta: float = option(0.0, "smallest change of the monitored metric that counts as "
-                                                  "an improvement", min=0.0, max=1e6)
+    monitor_min_delta: float = option(0.0, "smallest change of the monitored metric that counts as an "
+                                           "improvement (best epoch, early stopping, plateau)", min=0.0, max=1e6)
     restore_best: bool = option(False, "at the end, put back the weights of the best epoch (best.npz) "
                                        "before the final evaluation")
     dtype: str = option("float32", "floating-point type of weights, activations and gradients",

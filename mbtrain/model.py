@@ -65,6 +65,7 @@ class MLP:
         self.dtype = params[0].dtype
         self.layers = [params[0].shape[1]] + [W.shape[0] for W in params[0::2]]
         self._K = None
+        self.masks = None
 
     @property
     def weights(self):
@@ -81,14 +82,19 @@ class MLP:
         make = lambda m: np.empty((K, m), dtype=self.dtype)
         self.Z = [make(m) for m in self.layers[1:]]          # (K, m) per layer
         self.A = [make(m) for m in self.layers[1:-1]]        # hidden activations
+        self.A_dropped = [make(m) for m in self.layers[1:-1]]  # A * dropout mask, when masks are given
         self.dZ = [make(m) for m in self.layers[1:]]         # errors dC/dZ per layer
         self.dact = [make(m) for m in self.layers[1:-1]]     # sigma'(Z) of hidden layers
         self._K = K
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """Z of the output layer (K, m_L) for inputs X (K, n_0); keeps every Z and A for backward."""
+    def forward(self, X: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:
+        """Z of the output layer (K, m_L) for inputs X (K, n_0); keeps every Z and A for backward.
+
+        masks: optional inverted-dropout masks, one (K, m) array per hidden layer (mbtrain.dropout);
+        the next layer then sees A * mask, and backward() multiplies the errors by the same mask.
+        """
         self._buffers(X.shape[0])
-        self.X = X
+        self.X, self.masks = X, masks
         A_prev = X
         L = len(self.Z)
         for l, (W, b) in enumerate(zip(self.weights, self.biases)):
@@ -96,7 +102,15 @@ class MLP:
             Z += b
             if l < L - 1:
                 A_prev = self.act.forward(Z, out=self.A[l])        # (K, m)
+                if masks is not None:                              # A stays undropped for sigma'
+                    A_prev = np.multiply(A_prev, masks[l], out=self.A_dropped[l])
         return self.Z[-1]
+
+    def _layer_input(self, l: int) -> np.ndarray:
+        """What layer l saw in the last forward(): X, A[l-1], or A[l-1] * mask (K, n)."""
+        if l == 0:
+            return self.X
+        return self.A_dropped[l - 1] if self.masks is not None else self.A[l - 1]
 
     def loss_and_backward(self, Y: np.ndarray) -> float:
         """Mean loss of the last forward() batch against targets Y (K, m_L); fills self.grads."""
@@ -109,11 +123,13 @@ class MLP:
         L = len(self.Z)
         for l in range(L - 1, -1, -1):
             W = self.params[2 * l]
-            A_prev = self.A[l - 1] if l > 0 else self.X             # (K, n)
+            A_prev = self._layer_input(l)                           # (K, n)
             np.matmul(dZ.T, A_prev, out=self.grads[2 * l])         # dW = dZ.T @ A_prev  (m, n)
             np.sum(dZ, axis=0, out=self.grads[2 * l + 1])          # db = dZ.sum(0)      (m,)
             if l > 0:
                 dZ_prev = np.matmul(dZ, W, out=self.dZ[l - 1])     # dZ @ W              (K, n)
+                if self.masks is not None:
+                    dZ_prev *= self.masks[l - 1]                   # d(A * mask)/dA = mask
                 dZ_prev *= self.act.derivative(self.Z[l - 1], self.A[l - 1], out=self.dact[l - 1])
                 dZ = dZ_prev
 

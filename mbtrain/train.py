@@ -15,7 +15,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from mbtrain import blas, checkpoint, data, guard, optim, runs, schedules, testhook
+from mbtrain import blas, checkpoint, data, dropout, guard, monitor, optim, runs, schedules, testhook
 from mbtrain.config import Config
 from mbtrain.errors import CheckpointError, DataError, Diverged, Interrupted
 from mbtrain.model import MLP, init_params
@@ -108,7 +108,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
     model = MLP(resume.params, cfg.model.activation, cfg.model.output) if resume else build_model(cfg)
     opt = optim.make(t, model.params, n_train=len(train_set))
     state = {"epoch": 0, "epoch_step": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
-             "best_val_loss": None, "best_epoch": None, "seconds": 0.0}
+             "seconds": 0.0, **monitor.INITIAL_STATE}
     if resume:
         _check_optimizer_state(resume, opt)
         opt.load_state(resume.optimizer)
@@ -135,14 +135,18 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
     # overflow to inf/nan is caught by guard.check_step with a clear message, not numpy warnings
     with _StopFlag() as stop, np.errstate(over="ignore", invalid="ignore"):
         for epoch in range(state["epoch"], t.epochs):
+            if state["stopped_early"]:                  # resumed from a run that had stopped early
+                break
             epoch_start = time.perf_counter()
             bar = tqdm(total=steps, initial=state["epoch_step"], disable=not show_bar, leave=False,
                        file=sys.stderr, desc=f"epoch {epoch + 1}/{t.epochs}", mininterval=0.25)
-            lr_epoch = schedules.lr_at(t, epoch * steps, steps)    # the lr of the epoch's first step
+            lr_epoch = schedules.lr_at(t, epoch * steps, steps, state["lr_scale"])    # the lr of the epoch's first step
             for X, Y in batches.epoch(epoch, state["epoch_step"]):
-                opt.lr = schedules.lr_at(t, state["step"], steps)
+                opt.lr = schedules.lr_at(t, state["step"], steps, state["lr_scale"])
+                masks = dropout.masks(cfg.seed, epoch, state["epoch_step"], len(X), model.layers[1:-1],
+                                      cfg.model.dropout, model.dtype) if cfg.model.dropout else None
                 # forward
-                Z = model.forward(X)                                   # (K, m_L)
+                Z = model.forward(X, masks)                            # (K, m_L)
                 # loss and backward
                 loss = model.loss_and_backward(Y)
                 try:
@@ -174,7 +178,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
             row = _end_epoch(model, state, epoch, lr_epoch, val_set, t.eval_batch_size)
             state["seconds"] += time.perf_counter() - epoch_start
             row["seconds"] = round(time.perf_counter() - epoch_start, 3)
-            improved = _update_best(state, row, epoch)
+            improved = monitor.end_epoch(state, row, t)
             # last.npz is the commit point: written last, so a kill before it re-runs this epoch
             # from the previous checkpoint (metrics.csv is truncated to its epochs on resume)
             metrics.append(row)
@@ -183,6 +187,12 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
             save("last.npz")
             testhook.at("epoch")
             log(_epoch_line(row, t.epochs))
+            if state["stopped_early"]:
+                log(f"early stopping: {t.monitor} has not improved for {state['stale_epochs']} epochs "
+                    f"(best: epoch {state['best_epoch']})")
+                break
+    if t.restore_best:
+        _restore_best(model, ckpt_dir)
     return _summary(cfg, run_dir, model, state, metrics.rows, test_set, ckpt_dir,
                     time.perf_counter() - wall_start)
 
@@ -215,13 +225,12 @@ def _end_epoch(model, state, epoch, lr, val_set, eval_batch_size) -> dict:
     return row
 
 
-def _update_best(state, row, epoch) -> bool:
-    """Track the best epoch by val_loss (train_loss when there is no validation split)."""
-    score = row.get("val_loss", row["train_loss"])
-    if state["best_val_loss"] is None or score < state["best_val_loss"]:
-        state["best_val_loss"], state["best_epoch"] = score, epoch + 1
-        return True
-    return False
+def _restore_best(model: MLP, ckpt_dir: str) -> None:
+    """Put the best epoch's weights (best.npz) back into the model, for the final evaluation."""
+    best_path = os.path.join(ckpt_dir, "best.npz")
+    if os.path.exists(best_path):
+        for p, b in zip(model.params, checkpoint.load(best_path).params):
+            p[...] = b
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -239,6 +248,7 @@ def _summary(cfg, run_dir, model, state, rows, test_set, ckpt_dir, wall) -> dict
     best = next((r for r in rows if int(r["epoch"]) == best_epoch), {})
     summary = {
         "run_dir": run_dir, "status": "completed", "epochs": state["epoch"], "steps": state["step"],
+        "stopped_early": state["stopped_early"], "restored_best": cfg.train.restore_best,
         "final": {k: _num(v) for k, v in final.items()},
         "best": {k: _num(v) for k, v in best.items()},
         "train_seconds": round(state["seconds"], 3),
