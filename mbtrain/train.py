@@ -140,7 +140,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
             epoch_start = time.perf_counter()
             bar = tqdm(total=steps, initial=state["epoch_step"], disable=not show_bar, leave=False,
                        file=sys.stderr, desc=f"epoch {epoch + 1}/{t.epochs}", mininterval=0.25)
-            lr_epoch = schedules.lr_at(t, epoch * steps, steps, state["lr_scale"])    # the lr of the epoch's first step
+            lr_epoch = schedules.lr_at(t, epoch * steps, steps, state["lr_scale"])  # at the first step
             for X, Y in batches.epoch(epoch, state["epoch_step"]):
                 opt.lr = schedules.lr_at(t, state["step"], steps, state["lr_scale"])
                 masks = dropout.masks(cfg.seed, epoch, state["epoch_step"], len(X), model.layers[1:-1],
