@@ -25,8 +25,11 @@ checkpoint, or a file that cannot be written); 3 training diverged (non-finite l
 # click's UsageError, wherever this typer keeps click (newer releases vendor it).
 UsageError = typer.BadParameter.__mro__[1]
 
+# NO_COLOR (https://no-color.org): plain click help, with no colour, bold or dim escapes
+_PLAIN = {"rich_markup_mode": None} if os.environ.get("NO_COLOR") else {}
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help=f"Train multilayer perceptrons, vectorized over the minibatch.\n\n{EXIT_CODES}")
+                  help=f"Train multilayer perceptrons, vectorized over the minibatch.\n\n{EXIT_CODES}", **_PLAIN)
 
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.lr=0.05 (repeatable; "
