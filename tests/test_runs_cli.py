@@ -168,13 +168,21 @@ def test_diverged_run_exits_3_with_status_and_json(tmp_path, tiny_config):
 
 
 def test_bad_input_after_the_run_dir_exists_is_failed_exit_2(tmp_path, tiny_config):
-    r = mbtrain("fit", tiny_config, "--set", "data.train=missing.npz", "--out", "f", cwd=tmp_path)
+    # 200 training samples make no full batch of 1000 with drop_last: found once training starts
+    r = mbtrain("fit", tiny_config, "--set", "data.drop_last=true", "--set", "train.batch_size=1000",
+                "--out", "f", cwd=tmp_path)
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "missing.npz" in last
+    assert last.startswith("error: ") and "train.batch_size" in last
     assert "Traceback" not in r.stderr
     assert status(tmp_path / "f") == "failed"
-    assert "missing.npz" in run_json(tmp_path / "f")["error"]
+    assert "train.batch_size" in run_json(tmp_path / "f")["error"]
+
+
+def test_bad_data_creates_no_run_directory(tmp_path, tiny_config):
+    r = mbtrain("fit", tiny_config, "--set", "data.train=missing.npz", cwd=tmp_path)
+    assert r.returncode == 2 and "missing.npz" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_config_creates_no_run_directory(tmp_path, tiny_config):
