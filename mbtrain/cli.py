@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=argv, prog_name="mbtrain", standalone_mode=False)
     except UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError":            # bare `mbtrain`: show the help
-            print(e.ctx.get_help() if e.ctx else str(e), file=sys.stderr)
+            text = e.ctx.get_help() if e.ctx else ""       # newer typer has printed it already
+            if text.strip():
+                print(text, file=sys.stderr)
             sys.exit(2)
         hint = f" (see 'mbtrain {e.ctx.info_name} --help')" if e.ctx and e.ctx.info_name != "mbtrain" else ""
         print(f"error: {e.format_message()}{hint}", file=sys.stderr)

@@ -368,7 +368,7 @@ def reference() -> list[tuple[str, Any, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             meaning = f.metadata["help"]
             if f.metadata.get("choices"):
-                meaning += f" ({'|'.join(f.metadata['choices'])})"
+                meaning += f" (one of: {', '.join(f.metadata['choices'])})"
             rows.append((prefix + f.name, default, meaning))
 
     walk(Config, "")
