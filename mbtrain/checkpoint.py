@@ -174,12 +174,13 @@ def _parse(path: str, arrays: dict[str, np.ndarray]) -> Checkpoint:
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version!r}, this mbtrain reads {FORMAT_VERSION}")
+    config_text = str(arrays.pop("config"))
+    if meta.get("sha256") != digest(arrays):      # before parsing anything else from the file
+        raise CheckpointError(f"{path}: checksum mismatch: the arrays are not what was saved (corrupt file)")
     try:
-        config = config_from_yaml_text(str(arrays.pop("config")), f"{path} (embedded config)")
+        config = config_from_yaml_text(config_text, f"{path} (embedded config)")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    if meta.get("sha256") != digest(arrays):
-        raise CheckpointError(f"{path}: checksum mismatch: the arrays are not what was saved (corrupt file)")
     layers = config.model.layers
     params = []
     for l, (n, m) in enumerate(zip(layers[:-1], layers[1:])):
