@@ -51,6 +51,26 @@ class DataConfig:
                                   "a count of samples (e.g. 10000) or a fraction in [0, 1)",
                              kind="split")
     drop_last: bool = option(False, "drop the last incomplete minibatch of each epoch")
+    shuffle: str = option("full", "sample order per epoch, seeded: full = a permutation of all samples "
+                                  "(each batch's rows sorted before reading); blocks = contiguous blocks "
+                                  "in shuffled order, rows shuffled within data.buffer_rows; none = stored order",
+                          choices=("full", "blocks", "none"))
+    block_rows: int = option(4096, "rows per contiguous block for data.shuffle = blocks", min=1, max=2**40)
+    buffer_rows: int = option(65536, "rows shuffled together for data.shuffle = blocks (whole blocks)",
+                              min=1, max=2**40)
+    prefetch: str = option("auto", "prepare the next batch in a background thread while the current one "
+                                   "trains: auto = on when the machine has more than one CPU",
+                           choices=("auto", "on", "off"))
+    check: bool = option(True, "scan every value before step 1 (labels in range, no NaN/Inf); false "
+                               "skips the scan for trusted data (shapes and dtypes are always checked)")
+    normalize: str = option("none", "feature transform fitted on the training split and stored in the "
+                                    "checkpoint: unit = per-feature min/max to [0, 1]; standardize = "
+                                    "per-feature zero mean, unit variance (uint8 pixels are first scaled "
+                                    "by 1/255 in every mode)", choices=("none", "unit", "standardize"))
+    csv_label: Any = option(0, "CSV sources: the label column, by header name or 0-based index "
+                               "(negative counts from the end)", kind="column")
+    csv_header: str = option("auto", "CSV sources: whether the first row names the columns; auto = yes "
+                                     "when it holds a non-number", choices=("auto", "yes", "no"))
 
 
 @dataclass
@@ -288,6 +308,10 @@ def check_value(value, f: dataclasses.Field, dotted: str, source: str):
                 raise bad("a sample count (integer >= 0) or a fraction in [0, 1)")
         elif not (0.0 <= value < 1.0):
             raise bad("a sample count (integer >= 0) or a fraction in [0, 1)")
+        return value
+    if kind == "column":
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+            raise bad("a column name or a 0-based column index")
         return value
     if kind == "layers":
         if (not isinstance(value, list) or len(value) < 2
