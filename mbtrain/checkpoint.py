@@ -1,6 +1,7 @@
 """Checkpoints: one .npz holding weights, optimizer state, the resolved config and metadata.
 
 Keys: W0, b0, W1, b1, ... (W_l is (m, n), "to, from"); opt.NAME for each optimizer array;
+norm.shift, norm.scale (d,) float64 when data.normalize is not none (mbtrain.normalize);
 `config` (the resolved config as a YAML string); `meta` (a JSON string: format_version,
 epoch, step, ..., and a SHA-256 of every array). Written atomically (temp file in the same
 folder, flush, fsync, os.replace, fsync of the folder); read with allow_pickle=False.
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mbtrain import __version__, testhook
+from mbtrain import __version__, normalize, testhook
 from mbtrain.config import Config, config_from_yaml_text
 from mbtrain.errors import CheckpointError, ConfigError
+from mbtrain.normalize import Normalization
 
 FORMAT_VERSION = 1
 
@@ -34,6 +36,7 @@ class Checkpoint:
     optimizer: dict[str, np.ndarray]
     config: Config
     meta: dict = field(default_factory=dict)
+    normalization: Normalization | None = None       # data.normalize statistics of the training split
 
 
 def digest(arrays: dict[str, np.ndarray]) -> str:
@@ -53,6 +56,8 @@ def to_bytes(ckpt: Checkpoint) -> bytes:
         arrays[f"W{l}"], arrays[f"b{l}"] = ckpt.params[2 * l], ckpt.params[2 * l + 1]
     for name, a in ckpt.optimizer.items():
         arrays[f"opt.{name}"] = a
+    if ckpt.normalization is not None:              # norm.shift, norm.scale: covered by the checksum
+        arrays.update(ckpt.normalization.arrays())
     meta = dict(ckpt.meta, format_version=FORMAT_VERSION, mbtrain_version=__version__,
                 sha256=digest(arrays))
     buf = io.BytesIO()
@@ -193,4 +198,11 @@ def _parse(path: str, arrays: dict[str, np.ndarray]) -> Checkpoint:
                                       f"config (layers {layers}) needs {shape} {config.train.dtype}")
             params.append(a.copy())
     optimizer = {k[4:]: v.copy() for k, v in arrays.items() if k.startswith("opt.")}
-    return Checkpoint(params, optimizer, config, meta)
+    try:
+        norm = normalize.from_arrays(config.data.normalize, arrays, layers[0])
+    except KeyError as e:
+        raise CheckpointError(f"{path}: array {e.args[0]} is missing; the embedded config has "
+                              f"data.normalize = {config.data.normalize}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return Checkpoint(params, optimizer, config, meta, norm)

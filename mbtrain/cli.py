@@ -80,7 +80,7 @@ def fit(
         ckpt = checkpoint.load(resume)
         cfg = load_config(config, set_ or []) if config else load_config(None, set_ or [], ckpt.config.to_dict())
         _check_same_model(cfg, ckpt, resume)
-        splits = load_splits(cfg)
+        splits = load_splits(cfg, ckpt.normalization)
         run_dir = out or os.path.dirname(os.path.dirname(os.path.abspath(resume)))
         if runs.still_running(run_dir):
             raise UsageError(f"{run_dir}: another mbtrain fit is still running in this run directory")
@@ -149,7 +149,7 @@ def eval_(
         source = cfg.data.test
         if source is None:
             raise MbtrainError(f"{ckpt}: its config names no data.test; give --data PATH")
-    dataset = datamod.load(source, cfg.model.layers, "evaluation")
+    dataset = datamod.load_for_checkpoint(c, source, "evaluation")
     result = evaluate(MLP(c.params, cfg.model.activation, cfg.model.output), dataset, cfg.train.eval_batch_size)
     result = {"checkpoint": ckpt, "data": dataset.name, **result}
     if json_:

@@ -60,7 +60,7 @@ class DataConfig:
                               min=1, max=2**40)
     prefetch: str = option("auto", "prepare the next batch in a background thread while the current one "
                                    "trains: auto = on when the machine has more than one CPU",
-                           choices=("auto", "on", "off"))
+                           choices=("auto", "on", "off"), kind="switch")
     check: bool = option(True, "scan every value before step 1 (labels in range, no NaN/Inf); false "
                                "skips the scan for trusted data (shapes and dtypes are always checked)")
     normalize: str = option("none", "feature transform fitted on the training split and stored in the "
@@ -70,7 +70,7 @@ class DataConfig:
     csv_label: Any = option(0, "CSV sources: the label column, by header name or 0-based index "
                                "(negative counts from the end)", kind="column")
     csv_header: str = option("auto", "CSV sources: whether the first row names the columns; auto = yes "
-                                     "when it holds a non-number", choices=("auto", "yes", "no"))
+                                     "when it holds a non-number", choices=("auto", "yes", "no"), kind="switch")
 
 
 @dataclass
@@ -309,6 +309,8 @@ def check_value(value, f: dataclasses.Field, dotted: str, source: str):
         elif not (0.0 <= value < 1.0):
             raise bad("a sample count (integer >= 0) or a fraction in [0, 1)")
         return value
+    if kind == "switch" and isinstance(value, bool):
+        value = meta["choices"][1 if value else 2]     # YAML 1.1 reads on/off, yes/no as booleans
     if kind == "column":
         if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
             raise bad("a column name or a 0-based column index")

@@ -1,19 +1,25 @@
-"""Datasets: the validation split, data checks and the minibatch iterator (file formats: mbtrain.readers).
+"""Datasets: the validation split, normalization, and the minibatch iterator (formats: mbtrain.readers).
 
 Raw arrays stay in their stored dtype (uint8 pixels stay uint8, .npy files stay memory-mapped);
 each minibatch is gathered by index into preallocated buffers and only then cast and scaled,
-so no float copy of the whole dataset is ever made.
+so no float copy of the whole dataset is ever made, and the pages a gather maps are handed
+back every few MiB (mbtrain.streaming), so memory does not grow with the file.
 
     mbtrain fit configs/mnist.yaml --set data.validation=10000
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from mbtrain import prefetch, streaming
+from mbtrain.checks import check  # noqa: F401  (data.check stays importable)
 from mbtrain.errors import DataError
+from mbtrain.normalize import Normalization
+from mbtrain.order import EpochOrder, epoch_order  # noqa: F401
 # The file formats live in mbtrain.readers; re-exported so mbtrain.data.read_* keeps working.
 from mbtrain.readers import (IDX_DTYPES, labels_beside, read_array, read_idx, read_npy,  # noqa: F401
                              read_npz, read_source)
@@ -36,6 +42,8 @@ class Dataset:
             self.stop = len(self.x)
         self.x = self.x.reshape(len(self.x), -1) if self.x.ndim != 2 else self.x
         self.scale = 1.0 / 255.0 if self.x.dtype == np.uint8 else None
+        self.normalization: Normalization | None = None      # set from the training split
+        self._pages = streaming.Releaser(self.x, self.y)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -54,15 +62,20 @@ class Dataset:
             raise DataError(f"{self.name}: data.validation = {validation} leaves no training samples "
                             f"(the training source has {n})")
         cut = self.stop - count
-        return (Dataset(self.x, self.y, self.name, self.start, cut),
-                Dataset(self.x, self.y, self.name + " (validation)", cut, self.stop))
+        train = Dataset(self.x, self.y, self.name, self.start, cut)
+        val = Dataset(self.x, self.y, self.name + " (validation)", cut, self.stop)
+        train.normalization = val.normalization = self.normalization
+        return train, val
 
     def gather(self, rows: np.ndarray, X_out: np.ndarray, Y_out: np.ndarray) -> None:
         """Copy rows (absolute indices) into X_out (K, d) scaled to floats and Y_out (K, m)."""
         raw = self.x[rows]
         np.multiply(raw, self.scale, out=X_out, casting="unsafe") if self.scale is not None \
             else np.copyto(X_out, raw, casting="unsafe")
+        if self.normalization is not None:
+            self.normalization.apply(X_out)
         targets(self.y[rows], Y_out)
+        self._pages.gathered(len(rows))
 
     def chunks(self, batch_size: int, dtype, classes: int):
         """(X, Y) in order, batch_size rows at a time (for evaluation)."""
@@ -84,81 +97,85 @@ def targets(y: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def load(source, layers: list[int], role: str) -> Dataset:
-    """A checked Dataset for `source`, fitting a network with these layer sizes."""
-    x, y, name = read_source(source)
-    check(x, y, name, layers, role)
-    return Dataset(x, y, name)
+def load(source, layers: list[int], role: str, options=None, normalization=None) -> Dataset:
+    """A checked Dataset for `source`, fitting a network with these layer sizes.
 
-
-def check(x: np.ndarray, y: np.ndarray, name: str, layers: list[int], role: str) -> None:
-    """Refuse data that cannot train this network, naming the file and what was found."""
-    if x.dtype.kind not in "uif" or y.dtype.kind not in "uif":
-        bad = "x" if x.dtype.kind not in "uif" else "y"
-        raise DataError(f"{name}: array {bad} has dtype {(x if bad == 'x' else y).dtype}, expected an "
-                        f"integer or floating dtype")
-    if len(x) == 0:
-        raise DataError(f"{name}: {role} data is empty (0 samples)")
-    if len(x) != len(y):
-        raise DataError(f"{name}: x has {len(x)} samples but y has {len(y)}")
-    width = int(np.prod(x.shape[1:], dtype=np.int64))
-    if width != layers[0]:
-        raise DataError(f"{name}: samples have {width} features (shape {x.shape[1:]}), "
-                        f"but model.layers[0] = {layers[0]}")
-    classes = layers[-1]
-    if y.ndim == 1:
-        if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
-            raise DataError(f"{name}: labels y must be whole class numbers, found a fraction")
-        lo, hi = y.min(), y.max()
-        if lo < 0 or hi >= classes:
-            raise DataError(f"{name}: labels range from {lo} to {hi}, but model.layers[-1] = {classes} "
-                            f"allows labels in [0, {classes - 1}]")
-    elif y.shape[1:] != (classes,):
-        raise DataError(f"{name}: targets y have shape {y.shape}, expected (N,) labels or (N, {classes})")
-    if x.dtype.kind == "f":
-        for s in range(0, len(x), 65536):
-            chunk = x[s:s + 65536]
-            if not np.isfinite(chunk).all():
-                bad = s + int(np.argmin(np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)))
-                raise DataError(f"{name}: x has a NaN or Inf value in sample {bad}")
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The shuffled sample order of one epoch, a pure function of (seed, epoch).
-
-    Deriving each epoch's permutation from (seed, epoch) rather than from a generator's
-    running state is what makes a resumed run shuffle exactly as the uninterrupted one.
+    options: the config's data section (CSV columns, data.check); normalization: the
+    transform to apply to every batch (from the training split or a checkpoint).
     """
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, epoch)))
-    return rng.permutation(n)
+    csv_label, csv_header = (options.csv_label, options.csv_header) if options else (0, "auto")
+    x, y, name = read_source(source, csv_label=csv_label, csv_header=csv_header)
+    check(x, y, name, layers, role, scan=options.check if options else True)
+    dataset = Dataset(x, y, name)
+    dataset.normalization = normalization
+    return dataset
+
+
+def load_for_checkpoint(ckpt, source, role: str = "evaluation") -> Dataset:
+    """Data to evaluate or predict with checkpoint `ckpt`: its CSV options, checks and normalization.
+
+    eval and predict call this, so they see exactly the transform the network was trained with.
+    """
+    cfg = ckpt.config
+    return load(source, cfg.model.layers, role, cfg.data, getattr(ckpt, "normalization", None))
 
 
 class Batches:
-    """Minibatches of a Dataset: a seeded permutation per epoch, gathered into reused buffers."""
+    """Minibatches of a Dataset in the epoch's seeded order (mbtrain.order), gathered into reused buffers.
 
-    def __init__(self, data: Dataset, batch_size: int, drop_last: bool, dtype, classes: int, seed: int):
+    With prefetch, a background thread gathers the next batches while the current one trains;
+    the batches are identical either way. `wait_seconds` adds up the time the training loop
+    spent waiting for batches (the loader's share of the step, for `mbtrain bench`).
+    """
+
+    def __init__(self, data: Dataset, batch_size: int, drop_last: bool, dtype, classes: int, seed: int,
+                 shuffle: str = "full", block_rows: int = 4096, buffer_rows: int = 65536,
+                 prefetch: bool = False):
         self.data, self.batch_size, self.drop_last = data, batch_size, drop_last
         self.dtype, self.classes, self.seed = np.dtype(dtype), classes, seed
+        self.shuffle, self.block_rows, self.buffer_rows = shuffle, block_rows, buffer_rows
+        self.prefetch = prefetch
+        self.wait_seconds = 0.0
         self._buffers = {}
 
     def steps_per_epoch(self) -> int:
         n, K = len(self.data), self.batch_size
         return n // K if self.drop_last else -(-n // K)
 
+    def rows(self, epoch: int, first_step: int = 0):
+        """The absolute row indices of each step's batch, each sorted so reads go forward in the file."""
+        n, K = len(self.data), self.batch_size
+        order = EpochOrder(self.shuffle, n, self.seed, epoch, self.block_rows, self.buffer_rows)
+        for step in range(first_step, self.steps_per_epoch()):
+            rows = order.rows(step * K, min((step + 1) * K, n))
+            if self.shuffle != "none":
+                rows.sort()                 # same batch, same mean gradient; forward reads only
+            yield self.data.start + rows
+
     def epoch(self, epoch: int, first_step: int = 0):
         """Yield (X (K, d), Y (K, m)) for each step of the epoch from `first_step` on.
 
         The arrays are reused buffers: they are valid until the next batch is requested.
         """
-        order = self.data.start + epoch_order(self.seed, epoch, len(self.data))
-        for step in range(first_step, self.steps_per_epoch()):
-            rows = order[step * self.batch_size:(step + 1) * self.batch_size]
-            X, Y = self._buffer(len(rows))
-            self.data.gather(rows, X, Y)
-            yield X, Y
+        jobs = self.rows(epoch, first_step)
+        source = prefetch.prefetched(jobs, self._fill) if self.prefetch else \
+            (self._fill(rows, 0) for rows in jobs)
+        try:
+            waited = time.perf_counter()
+            for X, Y in source:
+                self.wait_seconds += time.perf_counter() - waited
+                yield X, Y
+                waited = time.perf_counter()
+        finally:
+            source.close()                  # stops the prefetch thread when the loop ends early
 
-    def _buffer(self, K: int):
-        if K not in self._buffers:
-            self._buffers[K] = (np.empty((K, self.data.features), self.dtype),
-                                np.empty((K, self.classes), self.dtype))
-        return self._buffers[K]
+    def _fill(self, rows: np.ndarray, slot: int):
+        X, Y = self._buffer(len(rows), slot)
+        self.data.gather(rows, X, Y)
+        return X, Y
+
+    def _buffer(self, K: int, slot: int):
+        if (K, slot) not in self._buffers:
+            self._buffers[K, slot] = (np.empty((K, self.data.features), self.dtype),
+                                      np.empty((K, self.classes), self.dtype))
+        return self._buffers[K, slot]

@@ -230,7 +230,7 @@ def gradcheck_rng(seed: int) -> np.random.Generator:
 
 def take_samples(cfg, samples: int, rng: np.random.Generator):
     """K random rows of the training split as float64: X (K, n_0), Y (K, m_L), source, split size."""
-    full = data.load(cfg.data.train, cfg.model.layers, "training")
+    full = data.load(cfg.data.train, cfg.model.layers, "training", cfg.data)
     train, _ = full.split(cfg.data.validation)
     if samples > len(train):
         raise MbtrainError(f"--samples {samples}: {train.name} has only {len(train)} training samples "

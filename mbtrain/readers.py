@@ -1,4 +1,4 @@
-"""Data file formats: MNIST IDX (gz or raw), .npz (x, y), a pair of .npy files (memory-mapped).
+"""Data file formats: MNIST IDX (gz or raw), .npz (x, y), a pair of .npy files (memory-mapped), CSV.
 
 Each reader returns raw arrays in their stored dtype, never unpickles, and raises DataError
 naming the file and what was found; `read_source` turns a config source into (x, y, name).
@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 
+from mbtrain.csvfile import read_csv
 from mbtrain.errors import DataError
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
@@ -125,8 +126,16 @@ def labels_beside(images_path: str) -> str:
                     f"{{x: IMAGES, y: LABELS}}")
 
 
-def read_source(source) -> tuple[np.ndarray, np.ndarray, str]:
-    """(x, y, name) for a config source: a path or a mapping {x: PATH, y: PATH}."""
+def is_csv(path: str) -> bool:
+    return path.lower().endswith((".csv", ".csv.gz"))
+
+
+def read_source(source, csv_label=0, csv_header: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+    """(x, y, name) for a config source: a path or a mapping {x: PATH, y: PATH}.
+
+    A path is a folder holding x.npy and y.npy, an .npz, an IDX images file (labels beside
+    it), or a .csv / .csv.gz file (label column csv_label, header csv_header: auto|yes|no).
+    """
     if isinstance(source, dict):
         return read_array(source["x"]), read_array(source["y"]), source["x"]
     path = source
@@ -136,6 +145,9 @@ def read_source(source) -> tuple[np.ndarray, np.ndarray, str]:
             return read_npy(x_npy), read_npy(y_npy), path
         raise DataError(f"{path}: folder holds no x.npy and y.npy")
     _must_be_file(path)
+    if is_csv(path):
+        x, y = read_csv(path, csv_label, csv_header)
+        return x, y, path
     with open(path, "rb") as f:
         head = f.read(6)
     if head[:4] == b"PK\x03\x04" or path.endswith(".npz"):

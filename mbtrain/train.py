@@ -15,7 +15,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from mbtrain import blas, checkpoint, data, dropout, guard, monitor, optim, runs, schedules, testhook
+from mbtrain import (blas, checkpoint, data, dropout, guard, monitor, normalize, optim, prefetch, runs,
+                     schedules, testhook)
 from mbtrain.config import Config
 from mbtrain.errors import CheckpointError, DataError, Diverged, Interrupted
 from mbtrain.model import MLP, init_params
@@ -32,13 +33,30 @@ def build_model(cfg: Config) -> MLP:
     return MLP(params, m.activation, m.output)
 
 
-def load_splits(cfg: Config):
-    """(train, validation or None, test or None) Datasets, checked against the model's layers."""
-    layers = cfg.model.layers
-    full = data.load(cfg.data.train, layers, "training")
-    train, val = full.split(cfg.data.validation)
-    test = data.load(cfg.data.test, layers, "test") if cfg.data.test is not None else None
+def load_splits(cfg: Config, norm: normalize.Normalization | None = None):
+    """(train, validation or None, test or None) Datasets, checked against the model's layers.
+
+    All three get the data.normalize transform: `norm` when given (a resumed run's), else
+    fitted on the training split in one streaming pass.
+    """
+    layers, d = cfg.model.layers, cfg.data
+    full = data.load(d.train, layers, "training", d)
+    train, val = full.split(d.validation)
+    test = data.load(d.test, layers, "test", d) if d.test is not None else None
+    if norm is None:
+        norm = normalize.fit(train.x, train.start, train.stop, d.normalize, train.scale)
+    for dataset in (train, val, test):
+        if dataset is not None:
+            dataset.normalization = norm
     return train, val, test
+
+
+def make_batches(cfg: Config, train_set: data.Dataset, prefetch_setting: str | None = None) -> data.Batches:
+    """The training minibatches as the config's data section describes them."""
+    d, t = cfg.data, cfg.train
+    return data.Batches(train_set, t.batch_size, d.drop_last, t.dtype, cfg.model.layers[-1], cfg.seed,
+                        d.shuffle, d.block_rows, d.buffer_rows,
+                        prefetch.enabled(prefetch_setting or d.prefetch))
 
 
 def evaluate(model: MLP, dataset: data.Dataset, batch_size: int) -> dict:
@@ -103,7 +121,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
     was never interrupted.
     """
     log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr, flush=True))
-    train_set, val_set, test_set = splits or load_splits(cfg)
+    train_set, val_set, test_set = splits or load_splits(cfg, resume.normalization if resume else None)
     t = cfg.train
     model = MLP(resume.params, cfg.model.activation, cfg.model.output) if resume else build_model(cfg)
     opt = optim.make(t, model.params, n_train=len(train_set))
@@ -113,8 +131,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
         _check_optimizer_state(resume, opt)
         opt.load_state(resume.optimizer)
         state.update({k: resume.meta[k] for k in state if k in resume.meta})
-    classes = cfg.model.layers[-1]
-    batches = data.Batches(train_set, t.batch_size, cfg.data.drop_last, t.dtype, classes, cfg.seed)
+    batches = make_batches(cfg, train_set)
     steps = batches.steps_per_epoch()
     if steps == 0:
         raise DataError(f"{train_set.name}: {len(train_set)} training samples make no full batch of "
@@ -127,7 +144,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
 
     def save(name: str) -> None:
         meta = dict(state, seed=cfg.seed)
-        checkpoint.save(checkpoint.Checkpoint(model.params, opt.state(), cfg, meta),
+        checkpoint.save(checkpoint.Checkpoint(model.params, opt.state(), cfg, meta, train_set.normalization),
                         os.path.join(ckpt_dir, name))
 
     show_bar = not quiet and sys.stderr.isatty()

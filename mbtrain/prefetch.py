@@ -1,0 +1,77 @@
+"""Background prefetch: a thread prepares the next batches (gather, cast, scale) while one trains.
+
+The thread runs exactly the jobs the loop would run itself, in the same order, into a
+ring of depth + 2 buffers (depth waiting in the queue, one being filled, one in use), so
+the batches are bit-identical with or without it and a resumed run stays exact. A batch
+stays valid until the next one is requested, as without prefetch. numpy releases the GIL
+while it copies, casts and reads pages, so the thread overlaps the training step.
+
+    mbtrain fit configs/mnist.yaml --set data.prefetch=on
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+
+DEPTH = 2
+_DONE = object()
+
+
+def enabled(setting: str) -> bool:
+    """data.prefetch: on, off, or auto = on when this process may run on more than one CPU."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:                          # not Linux
+        cpus = os.cpu_count() or 1
+    return cpus > 1
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetched(jobs, fill, depth: int = DEPTH):
+    """Yield fill(job, slot) for each job, computed ahead in a background thread.
+
+    jobs: an iterator of work items; fill(job, slot) prepares one batch in buffer slot
+    `slot` (0 .. depth + 1) and returns it. Exceptions in the thread are raised here.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for i, job in enumerate(jobs):
+                if stop.is_set() or not put(fill(job, i % (depth + 2))):
+                    return
+            put(_DONE)
+        except BaseException as e:                  # handed to the consumer, raised there
+            put(_Failed(e))
+
+    thread = threading.Thread(target=work, name="mbtrain-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:                                        # also when the loop stops early
+        stop.set()
+        thread.join()

@@ -1,0 +1,175 @@
+"""The loader: shuffle orders, prefetch, streaming checks and normalization (issue 6)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import make_blobs
+from mbtrain import checks, data, normalize, order, streaming
+from mbtrain.errors import DataError
+
+
+def _batches(n=103, K=10, shuffle="full", prefetch=False, drop_last=False, seed=7, d=3, start=0,
+             block_rows=8, buffer_rows=20):
+    x = np.arange(n * d, dtype=np.float32).reshape(n, d)       # row i holds 3i, 3i+1, 3i+2
+    y = np.arange(n) % 4
+    dataset = data.Dataset(x, y, "mem")
+    if start:
+        dataset, _ = data.Dataset(x, y, "mem", start, n).split(0)
+    return data.Batches(dataset, K, drop_last, np.float64, 4, seed, shuffle, block_rows, buffer_rows,
+                        prefetch)
+
+
+def _rows_seen(batches, epoch, first_step=0):
+    """The sample rows of each batch, read back from the gathered features (x[i, 0] = 3i)."""
+    return [(X[:, 0] / 3).astype(np.int64).copy() for X, _ in batches.epoch(epoch, first_step)]
+
+
+@pytest.mark.parametrize("shuffle", order.SHUFFLES)
+@pytest.mark.parametrize("n", [1, 7, 103, 1000])
+def test_every_sample_exactly_once_per_epoch(shuffle, n):
+    batches = _batches(n=n, shuffle=shuffle)
+    for epoch in range(3):
+        seen = np.concatenate(_rows_seen(batches, epoch))
+        assert len(seen) == n
+        assert np.array_equal(np.sort(seen), np.arange(n))
+
+
+@pytest.mark.parametrize("shuffle", ["full", "blocks"])
+def test_orders_are_seeded_reproducible_and_differ_between_epochs(shuffle):
+    a, b = _batches(shuffle=shuffle), _batches(shuffle=shuffle)
+    first = np.concatenate(_rows_seen(a, 0))
+    assert np.array_equal(first, np.concatenate(_rows_seen(b, 0)))
+    assert not np.array_equal(first, np.concatenate(_rows_seen(a, 1)))
+    assert not np.array_equal(first, np.concatenate(_rows_seen(_batches(shuffle=shuffle, seed=8), 0)))
+    assert not np.array_equal(first, np.arange(103))
+
+
+def test_batch_rows_are_sorted_and_none_keeps_the_stored_order():
+    for rows in _rows_seen(_batches(shuffle="full"), 0):
+        assert np.all(np.diff(rows) > 0)
+    assert np.array_equal(np.concatenate(_rows_seen(_batches(shuffle="none"), 0)), np.arange(103))
+
+
+def test_full_shuffle_is_a_permutation_for_awkward_sizes():
+    for n in (2, 3, 4, 5, 17, 1 << 10, (1 << 10) + 1, 65537, 70001):
+        perm = order.epoch_order(0, 0, n, "full")
+        assert np.array_equal(np.sort(perm), np.arange(n))
+
+
+def test_blocks_keep_reads_within_a_few_blocks_per_buffer():
+    n, block, buffer = 1000, 16, 64                 # a window of 64 positions spans 4 blocks' rows
+    rows = order.epoch_order(3, 0, n, "blocks", block, buffer)
+    assert np.array_equal(np.sort(rows), np.arange(n))
+    windows_of_block = {}
+    for w in range(0, n, buffer):
+        blocks = np.unique(rows[w:w + buffer] // block)
+        # 4 whole blocks, or 5 when the short tail block (1000 = 62 * 16 + 8) shifts the layout
+        assert len(blocks) <= buffer // block + 1
+        for b in blocks:
+            windows_of_block.setdefault(int(b), []).append(w // buffer)
+    # a block is read within one window, or two neighbouring ones
+    assert all(len(ws) <= 2 and ws[-1] - ws[0] <= 1 for ws in windows_of_block.values())
+    assert len(windows_of_block) == 63
+
+
+def test_resume_from_a_step_gives_the_same_batches():
+    for shuffle in order.SHUFFLES:
+        full = _rows_seen(_batches(shuffle=shuffle), 2)
+        resumed = _rows_seen(_batches(shuffle=shuffle), 2, first_step=4)
+        assert all(np.array_equal(a, b) for a, b in zip(full[4:], resumed))
+
+
+@pytest.mark.parametrize("shuffle", order.SHUFFLES)
+def test_prefetch_gives_identical_batches(shuffle):
+    plain = [(X.copy(), Y.copy()) for X, Y in _batches(shuffle=shuffle).epoch(1, 3)]
+    ahead = [(X.copy(), Y.copy()) for X, Y in _batches(shuffle=shuffle, prefetch=True).epoch(1, 3)]
+    assert len(plain) == len(ahead) == 8
+    for (X1, Y1), (X2, Y2) in zip(plain, ahead):
+        assert np.array_equal(X1, X2) and np.array_equal(Y1, Y2)
+
+
+def test_prefetch_buffer_stays_valid_until_the_next_batch():
+    batches = _batches(prefetch=True)
+    for X, _ in batches.epoch(0):
+        before = X.copy()
+        threading.Event().wait(0.002)                # give the thread time to run ahead
+        assert np.array_equal(X, before)
+
+
+def test_prefetch_thread_stops_when_the_loop_stops_early():
+    before = threading.active_count()
+    batches = _batches(n=1000, prefetch=True)
+    for i, _ in enumerate(batches.epoch(0)):
+        if i == 2:
+            break
+    assert threading.active_count() == before
+
+
+def test_prefetch_raises_the_threads_error():
+    batches = _batches(prefetch=True)
+    batches.data.y = batches.data.y.astype(np.int64) + 10      # labels past the 4 classes: IndexError
+    with pytest.raises(IndexError):
+        list(batches.epoch(0))
+
+
+# ---------------------------------------------------------------- data checks
+
+def test_checks_name_the_position_of_bad_values(monkeypatch):
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 64)          # many chunks: positions must add up
+    x, y = make_blobs(50, 4, 3)
+    bad_y = y.copy()
+    bad_y[37] = 3
+    with pytest.raises(DataError, match=r"f: label y\[37\] = 3 is outside \[0, 3\)"):
+        checks.check(x, bad_y, "f", [4, 3], "training")
+    bad_x = x.copy()
+    bad_x[41, 2] = np.inf
+    with pytest.raises(DataError, match=r"f: x\[41\] feature 2 is inf"):
+        checks.check(bad_x, y, "f", [4, 3], "training")
+    checks.check(bad_x, bad_y, "f", [4, 3], "training", scan=False)   # data.check: false
+    with pytest.raises(DataError, match=r"x has 50 samples but y has 49"):
+        checks.check(x, y[:49], "f", [4, 3], "training", scan=False)
+    with pytest.raises(DataError, match=r"5 features .* model.layers\[0\] = 4"):
+        checks.check(np.zeros((50, 5), np.float32), y, "f", [4, 3], "training", scan=False)
+    with pytest.raises(DataError, match=r"label y\[2\] = 1.5 is not a whole class number"):
+        checks.check(x[:4], np.array([0, 1, 1.5, 2]), "f", [4, 3], "training")
+
+
+# ---------------------------------------------------------------- normalization
+
+@pytest.mark.parametrize("mode", ["unit", "standardize"])
+def test_normalization_statistics_match_numpy_on_the_training_rows(monkeypatch, mode):
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 100)         # force many merged chunks
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((300, 5)) * [1, 10, 0.1, 3, 0] + [0, 5, -2, 100, 7]).astype(np.float32)
+    norm = normalize.fit(x, 20, 250, mode, None)
+    rows = x[20:250].astype(np.float64)
+    if mode == "unit":
+        lo, hi = rows.min(0), rows.max(0)
+        assert np.allclose(norm.shift, lo) and np.allclose(norm.scale[:4], 1 / (hi - lo)[:4])
+    else:
+        assert np.allclose(norm.shift, rows.mean(0), rtol=1e-12, atol=1e-12)
+        assert np.allclose(norm.scale[:4], 1 / rows.std(0)[:4], rtol=1e-10)
+    assert norm.scale[4] == 1.0                                  # constant feature: left unscaled
+    X = x[20:250].copy()
+    norm.apply(X)
+    assert X.dtype == np.float32
+    if mode == "standardize":
+        assert np.allclose(X[:, :4].mean(0), 0, atol=1e-4) and np.allclose(X[:, :4].std(0), 1, atol=1e-4)
+    else:
+        assert np.allclose(X.min(0)[:4], 0, atol=1e-6) and np.allclose(X.max(0)[:4], 1, atol=1e-6)
+
+
+def test_uint8_pixels_are_scaled_before_the_statistics():
+    x = np.array([[0, 255], [51, 255], [102, 255]], np.uint8)
+    norm = normalize.fit(x, 0, 3, "standardize", 1 / 255)
+    assert np.allclose(norm.shift, [0.2, 1.0])
+    dataset = data.Dataset(x, np.array([0, 1, 0]), "px")
+    dataset.normalization = norm
+    X, Y = np.empty((3, 2), np.float32), np.empty((3, 2), np.float32)
+    dataset.gather(np.arange(3), X, Y)
+    expected = (x / 255 - [0.2, 1.0]) / [np.std([0, 0.2, 0.4]), 1.0]
+    assert np.allclose(X, expected, atol=1e-6)

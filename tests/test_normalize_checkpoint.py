@@ -1,0 +1,73 @@
+"""data.normalize end to end: statistics in the checkpoint, applied by eval; prefetch leaves weights unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from killing import mbtrain, npz_arrays
+from mbtrain import checkpoint, losses
+from mbtrain.config import load_config
+from mbtrain.errors import CheckpointError
+from mbtrain.train import fit
+
+
+def _fit(tiny_config, tmp_path, name, *overrides):
+    cfg = load_config(tiny_config, ["train.epochs=2", *overrides])
+    run_dir = str(tmp_path / name)
+    os.makedirs(os.path.join(run_dir, "checkpoints"))
+    fit(cfg, run_dir, quiet=True)
+    return cfg, os.path.join(run_dir, "checkpoints", "last.npz")
+
+
+def test_standardize_statistics_are_stored_and_eval_applies_them(tiny_config, tiny_data, tmp_path):
+    cfg, last = _fit(tiny_config, tmp_path, "std", "data.normalize=standardize")
+    with np.load(tiny_data[0]) as z:
+        x_train = z["x"][:200].astype(np.float64)            # validation: the last 40 of 240
+    ckpt = checkpoint.load(last)
+    assert np.allclose(ckpt.normalization.shift, x_train.mean(0), rtol=1e-12)
+    assert np.allclose(ckpt.normalization.scale, 1 / x_train.std(0), rtol=1e-10)
+    # eval's loss recomputed by hand: standardize the test set, forward, softmax cross-entropy
+    with np.load(tiny_data[1]) as z:
+        x_test, y_test = z["x"], z["y"]
+    A = ((x_test - x_train.mean(0)) / x_train.std(0)).astype(np.float32)
+    W0, b0, W1, b1 = ckpt.params
+    Z = np.tanh(A @ W0.T + b0) @ W1.T + b1
+    Y = np.eye(3, dtype=np.float32)[y_test]
+    expected = float(losses.get("softmax_cross_entropy").loss(Z, Y).mean())
+    result = mbtrain("eval", last, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_normalization_arrays_are_checksummed(tiny_config, tmp_path):
+    _, last = _fit(tiny_config, tmp_path, "unit", "data.normalize=unit")
+    arrays = npz_arrays(last)
+    arrays["norm.scale"] = arrays["norm.scale"] * 2
+    bad = tmp_path / "tampered.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        checkpoint.load(str(bad))
+
+
+def test_a_checkpoint_without_its_statistics_is_refused(tiny_config, tmp_path):
+    _, last = _fit(tiny_config, tmp_path, "unit", "data.normalize=unit")
+    ckpt = checkpoint.load(last)
+    ckpt.normalization = None
+    bare = str(tmp_path / "bare.npz")
+    checkpoint.save(ckpt, bare)
+    with pytest.raises(CheckpointError, match="norm.shift is missing.*data.normalize = unit"):
+        checkpoint.load(bare)
+
+
+def test_prefetch_and_shuffles_train_bit_identical_weights(tiny_config, tmp_path):
+    for shuffle in ("full", "blocks", "none"):
+        _, on = _fit(tiny_config, tmp_path, f"{shuffle}-on", "data.prefetch=on", f"data.shuffle={shuffle}",
+                     "data.block_rows=8", "data.buffer_rows=24")
+        _, off = _fit(tiny_config, tmp_path, f"{shuffle}-off", "data.prefetch=off", f"data.shuffle={shuffle}",
+                      "data.block_rows=8", "data.buffer_rows=24")
+        for a, b in zip(checkpoint.load(on).params, checkpoint.load(off).params):
+            assert np.array_equal(a, b)
