@@ -10,7 +10,10 @@ For every weight matrix W (m, n) and bias b (m,) of a network, on K samples:
                 plus weight_decay/2 * sum(W**2); every entry of small arrays, a seeded random
                 subset of big ones
 
-and reports max |a - b| and the relative error max |a - b| / max(|a|, |b|) of each pair, with
+With dropout (model.dropout > 0) all three use one fixed set of inverted-dropout masks, those of
+the first training step, so the loss is an ordinary function of the weights.
+
+It reports max |a - b| and the relative error max |a - b| / max(|a|, |b|) of each pair, with
 PASS/FAIL against TOLERANCES. docs/backprop.md derives why the three agree.
 
     mbtrain gradcheck configs/mnist.yaml --samples 8
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mbtrain import data, optim
+from mbtrain import data, dropout, optim
 from mbtrain.errors import MbtrainError
 from mbtrain.model import MLP
 
@@ -94,14 +97,14 @@ class Report:
 # ---------------------------------------------------------------- the three gradients
 
 def vectorized_gradients(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float,
-                         optimizer: str = "sgd") -> list[np.ndarray]:
+                         optimizer: str = "sgd", masks=None) -> list[np.ndarray]:
     """The gradient training descends: model.forward + loss_and_backward, then the optimizer's L2.
 
     The L2 term lives in the optimizer (g = dW + weight_decay W), so it is taken from the
     optimizer's own code: for sgd, read off one plain step with lr = 1 on a copy of the
     parameters (g = p - p_after); rmsprop and adam add it with optim._coupled_l2.
     """
-    model.forward(X)                                          # (K, m_L)
+    model.forward(X, masks)                                   # (K, m_L)
     model.loss_and_backward(Y)
     grads = [g.copy() for g in model.grads]
     if not weight_decay:
@@ -113,8 +116,12 @@ def vectorized_gradients(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay:
     return [optim._coupled_l2(p, g, i, weight_decay) for i, (p, g) in enumerate(zip(model.params, grads))]
 
 
-def loop_gradients(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float) -> list[np.ndarray]:
+def loop_gradients(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float,
+                   masks=None) -> list[np.ndarray]:
     """(1/K) sum_k of each sample's gradient, one sample at a time, as column vectors.
+
+    masks: None, or one (K, m) inverted-dropout mask per hidden layer; the next layer sees
+    a^l * mask_k, and the error passed back is multiplied by the same mask.
 
     The output error delta_k of sample k is the loss's own delta on a batch of one (its cost C_k);
     everything after it (W^T delta * sigma'(z), the outer products, the sum, the 1/K) is redone
@@ -131,6 +138,8 @@ def loop_gradients(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float
             zs.append(z)
             if l < L - 1:
                 a = act.forward(z)                            # a^l = sigma(z^l)
+                if masks is not None:
+                    a = a * masks[l][k]                       # what layer l+1 sees
                 activations.append(a)
         _, delta = out.loss_and_delta(zs[-1][None, :], Y[k][None, :])
         delta = delta[0]                                      # dC_k/dz^L  (m_L,)
@@ -138,30 +147,33 @@ def loop_gradients(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float
             grads[2 * l] += np.outer(delta, activations[l]) / K       # delta a^T  (m, n)
             grads[2 * l + 1] += delta / K
             if l > 0:                                         # delta^{l-1} = (W^T delta) * sigma'(z)
-                delta = (params[2 * l].T @ delta) * act.derivative(zs[l - 1], activations[l], None)
+                sigma_prime = act.derivative(zs[l - 1], act.forward(zs[l - 1]), None)
+                keep = masks[l - 1][k] if masks is not None else 1.0
+                delta = (params[2 * l].T @ delta) * keep * sigma_prime
     for l in range(L):
         grads[2 * l] += weight_decay * params[2 * l]          # d/dW of weight_decay/2 * sum(W**2)
     return grads
 
 
-def mean_loss(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float) -> float:
+def mean_loss(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float, masks=None) -> float:
     """C = the model's mean loss over the K samples + weight_decay/2 * sum of squared weights."""
-    Z = model.forward(X)
+    Z = model.forward(X, masks)
     loss, _ = model.out.loss_and_delta(Z, Y)
     return loss + 0.5 * weight_decay * sum(float((W * W).sum()) for W in model.weights)
 
 
-def hidden_signs(model: MLP, X: np.ndarray) -> list[np.ndarray]:
+def hidden_signs(model: MLP, X: np.ndarray, masks=None) -> list[np.ndarray]:
     """Z > 0 for every hidden layer: where it changes between w - h and w + h, a kink lies between."""
     signs, A = [], X
-    for W, b in zip(model.weights[:-1], model.biases[:-1]):
+    for l, (W, b) in enumerate(zip(model.weights[:-1], model.biases[:-1])):
         Z = A @ W.T + b
         signs.append(Z > 0)
-        A = model.act.forward(Z)
+        A = model.act.forward(Z) if masks is None else model.act.forward(Z) * masks[l]
     return signs
 
 
-def numerical_gradient(model: MLP, X, Y, weight_decay: float, index: int, entries: np.ndarray):
+def numerical_gradient(model: MLP, X, Y, weight_decay: float, index: int, entries: np.ndarray,
+                       masks=None):
     """Central differences of mean_loss at flat `entries` of params[index]: (values, kink mask)."""
     p = model.params[index].reshape(-1)                       # a view: perturbs the model in place
     values = np.empty(len(entries))
@@ -169,9 +181,9 @@ def numerical_gradient(model: MLP, X, Y, weight_decay: float, index: int, entrie
     for e, i in enumerate(entries):
         saved = p[i]
         p[i] = saved + FD_STEP
-        plus, signs_plus = mean_loss(model, X, Y, weight_decay), hidden_signs(model, X)
+        plus, signs_plus = mean_loss(model, X, Y, weight_decay, masks), hidden_signs(model, X, masks)
         p[i] = saved - FD_STEP
-        minus, signs_minus = mean_loss(model, X, Y, weight_decay), hidden_signs(model, X)
+        minus, signs_minus = mean_loss(model, X, Y, weight_decay, masks), hidden_signs(model, X, masks)
         p[i] = saved
         values[e] = (plus - minus) / (2 * FD_STEP)
         kinks[e] = any((s != t).any() for s, t in zip(signs_plus, signs_minus))
@@ -193,22 +205,23 @@ def compare(a: np.ndarray, b: np.ndarray, kind: str) -> Comparison:
 
 def check_model(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float = 0.0,
                 rng: np.random.Generator | None = None, fd_entries: int = FD_ENTRIES,
-                optimizer: str = "sgd") -> Report:
+                optimizer: str = "sgd", masks: list[np.ndarray] | None = None) -> Report:
     """Compare the three gradients of a float64 `model` on X (K, n_0), Y (K, m_L).
 
-    weight_decay is the coupled L2 coefficient the optimizer (sgd, rmsprop, adam) adds.
+    weight_decay is the coupled L2 coefficient the optimizer (sgd, rmsprop, adam) adds;
+    masks, if given, the fixed dropout masks, one (K, m) per hidden layer.
     """
     if model.dtype != np.float64:
         raise MbtrainError(f"gradcheck needs a float64 model, got {model.dtype}")
     rng = rng or np.random.default_rng(0)
-    vec = vectorized_gradients(model, X, Y, weight_decay, optimizer)
-    loop = loop_gradients(model, X, Y, weight_decay)
-    loss = mean_loss(model, X, Y, weight_decay)
+    vec = vectorized_gradients(model, X, Y, weight_decay, optimizer, masks)
+    loop = loop_gradients(model, X, Y, weight_decay, masks)
+    loss = mean_loss(model, X, Y, weight_decay, masks)
     checks = []
     for index, p in enumerate(model.params):
         entries = np.arange(p.size) if p.size <= fd_entries else \
             np.sort(rng.choice(p.size, fd_entries, replace=False))
-        numerical, kinks = numerical_gradient(model, X, Y, weight_decay, index, entries)
+        numerical, kinks = numerical_gradient(model, X, Y, weight_decay, index, entries, masks)
         keep = entries[~kinks]
         comparisons = {
             "vectorized_vs_loop": compare(vec[index], loop[index], "vectorized_vs_loop"),
@@ -273,9 +286,15 @@ def run(cfg, samples: int = 8, params: list[np.ndarray] | None = None,
     X, Y, source, n_train = take_samples(cfg, samples, rng)
     weight_decay, how = loss_weight_decay(cfg.train, n_train)
     optimizer = getattr(cfg.train, "optimizer", "sgd")
-    report = check_model(model, X, Y, weight_decay, rng, fd_entries, optimizer)
+    rate = getattr(m, "dropout", 0.0)
+    # the masks of the first training step (epoch 0, step 0), fixed for all three gradients
+    masks = dropout.masks(cfg.seed, 0, 0, samples, m.layers[1:-1], rate, np.float64) \
+        if rate and len(m.layers) > 2 else None
+    report = check_model(model, X, Y, weight_decay, rng, fd_entries, optimizer, masks)
     report.description = {"layers": list(m.layers), "activation": m.activation, "output": m.output,
                           "optimizer": optimizer, "weight_decay": weight_decay, "weight_decay_from": how,
+                          "dropout": rate, "dropout_kept": None if masks is None else
+                          float(np.mean(np.concatenate([(k != 0).ravel() for k in masks]))),
                           "data": source}
     return report
 
@@ -292,6 +311,9 @@ def format_report(report: Report) -> str:
         lines.append(f"network  {'-'.join(map(str, d['layers']))} {d['activation']}, {d['output']}, "
                      f"{d['optimizer']}, L2 weight_decay {d['weight_decay_from']}")
         lines.append(f"data     {report.samples} samples of {d['data']}")
+        if d.get("dropout_kept") is not None:
+            lines.append(f"dropout  {d['dropout']:g} on hidden layers, one fixed mask (drawn as for the "
+                         f"first training step): {d['dropout_kept']:.0%} of units kept, scaled by 1/{1 - d['dropout']:g}")
     lines.append(f"checking float64 gradients of the mean loss {report.loss:.6g}; numerical: central "
                  f"differences, h = {FD_STEP:g}")
     head = f"{'layer':>5}  {'array':<5}  {'shape':<11}  {'comparison':<23}  {'entries':>7}  " \

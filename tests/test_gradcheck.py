@@ -25,23 +25,24 @@ def random_targets(output: str, K: int, m: int, rng) -> np.ndarray:
     return rng.standard_normal((K, m))
 
 
-def random_problem(activation: str, output: str, seed: int):
-    """A random small float64 network (1-2 hidden layers, biases N(0, 1)) and K samples."""
+def random_problem(activation: str, output: str, seed: int, dropout: float = 0.0):
+    """A random small float64 network (1-2 hidden layers, biases N(0, 1)), K samples, dropout masks."""
     rng = np.random.default_rng(seed)
     layers = [int(rng.integers(2, 6))] + [int(rng.integers(2, 7)) for _ in range(int(rng.integers(1, 3)))] \
         + [int(rng.integers(2, 5))]
     params = init_params(layers, "scaled_normal", "normal", activation, rng, np.float64)
     K = int(rng.integers(1, 6))
     X = rng.standard_normal((K, layers[0]))
-    return MLP(params, activation, output), X, random_targets(output, K, layers[-1], rng)
+    masks = [(rng.random((K, m)) >= dropout) / (1 - dropout) for m in layers[1:-1]] if dropout else None
+    return MLP(params, activation, output), X, random_targets(output, K, layers[-1], rng), masks
 
 
 @pytest.mark.parametrize("output", list(losses.OUTPUTS))
 @pytest.mark.parametrize("activation", list(activations.ACTIVATIONS))
 def test_passes_for_every_activation_and_loss(activation, output):
-    for seed, weight_decay in ((0, 0.0), (1, 0.3)):
-        model, X, Y = random_problem(activation, output, seed)
-        report = gradcheck.check_model(model, X, Y, weight_decay)
+    for seed, weight_decay, dropout in ((0, 0.0, 0.0), (1, 0.3, 0.0), (2, 0.1, 0.4)):
+        model, X, Y, masks = random_problem(activation, output, seed, dropout)
+        report = gradcheck.check_model(model, X, Y, weight_decay, masks=masks)
         assert report.passed, gradcheck.format_report(report)
         for p in report.params:                       # every entry of these small arrays was compared
             assert p.comparisons["vectorized_vs_numerical"].entries + p.kinks_skipped == int(np.prod(p.shape))
@@ -53,7 +54,7 @@ def failing(report) -> set[tuple[int, str, str]]:
 
 
 def test_broken_backward_fails_vectorized_comparisons_only(monkeypatch):
-    model, X, Y = random_problem("tanh", "softmax_cross_entropy", 2)
+    model, X, Y, _ = random_problem("tanh", "softmax_cross_entropy", 2)
     original = MLP.backward
 
     def backward_off_by_one_percent(self, dZ):
@@ -64,6 +65,22 @@ def test_broken_backward_fails_vectorized_comparisons_only(monkeypatch):
     report = gradcheck.check_model(model, X, Y)
     assert not report.passed
     assert failing(report) == {(1, "W", "vectorized_vs_loop"), (1, "W", "vectorized_vs_numerical")}
+
+
+def test_dropout_mask_forgotten_in_the_backward_pass_fails(monkeypatch):
+    model, X, Y, masks = random_problem("sigmoid", "softmax_cross_entropy", 7, dropout=0.5)
+    assert len(model.weights) == 3 and any((m == 0).any() for m in masks)
+    original = MLP.backward
+
+    def backward_without_mask(self, dZ):             # the next layer still saw A * mask
+        saved, self.masks = self.masks, [np.ones_like(m) for m in self.masks]
+        original(self, dZ)
+        self.masks = saved
+
+    monkeypatch.setattr(MLP, "backward", backward_without_mask)
+    report = gradcheck.check_model(model, X, Y, masks=masks)
+    assert {(l, kind) for l, _, kind in failing(report)} == \
+        {(l, kind) for l in (1, 2) for kind in ("vectorized_vs_loop", "vectorized_vs_numerical")}
 
 
 def test_forgetting_to_average_over_the_batch_fails(monkeypatch):
@@ -88,7 +105,7 @@ def test_wrong_activation_derivative_fails_against_finite_differences(monkeypatc
     tanh = activations.ACTIVATIONS["tanh"]
     monkeypatch.setitem(activations.ACTIVATIONS, "tanh",
                         tanh._replace(derivative=lambda Z, A, out=None: np.subtract(1, A, out=out)))
-    model, X, Y = random_problem("tanh", "softmax_cross_entropy", 4)
+    model, X, Y, _ = random_problem("tanh", "softmax_cross_entropy", 4)
     report = gradcheck.check_model(model, X, Y)
     assert (1, "W", "loop_vs_numerical") in failing(report)
     assert (1, "W", "vectorized_vs_numerical") in failing(report)
@@ -97,7 +114,7 @@ def test_wrong_activation_derivative_fails_against_finite_differences(monkeypatc
 def test_l2_ignored_by_the_optimizer_fails(monkeypatch):
     monkeypatch.setattr(optim.SGD, "step", lambda self, grads: [p.__isub__(self.lr * g)
                                                                   for p, g in zip(self.params, grads)])
-    model, X, Y = random_problem("relu", "softmax_cross_entropy", 5)
+    model, X, Y, _ = random_problem("relu", "softmax_cross_entropy", 5)
     report = gradcheck.check_model(model, X, Y, weight_decay=0.5)
     assert {(l, n) for l, n, kind in failing(report) if kind == "vectorized_vs_numerical"} == \
         {(l, "W") for l in range(1, len(model.weights) + 1)}
@@ -105,7 +122,7 @@ def test_l2_ignored_by_the_optimizer_fails(monkeypatch):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "rmsprop", "adam"])
 def test_coupled_l2_of_each_optimizer(optimizer, monkeypatch):
-    model, X, Y = random_problem("sigmoid", "sigmoid_cross_entropy", 6)
+    model, X, Y, _ = random_problem("sigmoid", "sigmoid_cross_entropy", 6)
     assert gradcheck.check_model(model, X, Y, weight_decay=0.4, optimizer=optimizer).passed
     if optimizer != "sgd":                          # their L2 comes from optim._coupled_l2: break it
         monkeypatch.setattr(optim, "_coupled_l2", lambda p, dp, i, wd: dp + (2 * wd * p if i % 2 == 0 else 0))
@@ -165,6 +182,16 @@ def test_cli_l2_as_training_scales_it(tiny_config):
     assert nielsen["passed"] and nielsen["weight_decay"] == 2 / 200            # 240 samples - 40 validation
     adamw = json.loads(runner.invoke(app, args + ["--set", "train.optimizer=adamw", "--set", "train.momentum=0"]).output)
     assert adamw["passed"] and adamw["weight_decay"] == 0 and "decoupled" in adamw["weight_decay_from"]
+
+
+def test_cli_dropout_uses_one_fixed_mask(tiny_config):
+    args = ["gradcheck", tiny_config, "--json", "--set", "model.layers=[8,12,6,3]"]
+    plain = json.loads(runner.invoke(app, args).output)
+    dropped = json.loads(runner.invoke(app, args + ["--set", "model.dropout=0.5"]).output)
+    assert plain["passed"] and dropped["passed"]
+    assert plain["dropout_kept"] is None and 0.2 < dropped["dropout_kept"] < 0.8
+    assert dropped["loss"] != plain["loss"]                               # the mask is in the loss
+    assert "dropout  0.5 on hidden layers" in runner.invoke(app, args[:2] + ["--set", "model.dropout=0.5"]).output
 
 
 def test_cli_exits_1_on_a_broken_gradient(tiny_config, monkeypatch):
