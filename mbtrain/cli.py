@@ -182,17 +182,17 @@ def gradcheck(
     from mbtrain import gradcheck as gc
     from mbtrain.config import load_config
 
-    params = None
+    params = normalization = None
     if ckpt is not None:
         c = checkpoint.load(ckpt)
         cfg = load_config(config, set_ or []) if config else load_config(None, set_ or [], c.config.to_dict())
         _check_same_model(cfg, c, ckpt)
-        params = c.params
+        params, normalization = c.params, c.normalization
     elif config is None:
         raise UsageError("missing argument CONFIG (or give --checkpoint CKPT)")
     else:
         cfg = load_config(config, set_ or [])
-    report = gc.run(cfg, samples, params, fd_entries)
+    report = gc.run(cfg, samples, params, fd_entries, normalization)
     print(json.dumps(report.to_dict()) if json_ else gc.format_report(report))
     if not report.passed:
         raise typer.Exit(1)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mbtrain import data, dropout, optim
+from mbtrain import dropout, optim
 from mbtrain.errors import MbtrainError
 from mbtrain.model import MLP
 
@@ -241,10 +241,15 @@ def gradcheck_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(8,)))
 
 
-def take_samples(cfg, samples: int, rng: np.random.Generator):
-    """K random rows of the training split as float64: X (K, n_0), Y (K, m_L), source, split size."""
-    full = data.load(cfg.data.train, cfg.model.layers, "training", cfg.data)
-    train, _ = full.split(cfg.data.validation)
+def take_samples(cfg, samples: int, rng: np.random.Generator, normalization=None):
+    """K random rows of the training split as training sees them (split, data.normalize), in float64.
+
+    Returns X (K, n_0), Y (K, m_L), the source's name and the training split's size.
+    normalization: a checkpoint's stored statistics; by default fitted as `mbtrain fit` does.
+    """
+    from mbtrain.train import load_splits
+
+    train, _, _ = load_splits(cfg, normalization)
     if samples > len(train):
         raise MbtrainError(f"--samples {samples}: {train.name} has only {len(train)} training samples "
                            f"(after data.validation)")
@@ -271,8 +276,8 @@ def loss_weight_decay(cfg_train, n_train: int) -> tuple[float, str]:
 
 
 def run(cfg, samples: int = 8, params: list[np.ndarray] | None = None,
-        fd_entries: int = FD_ENTRIES) -> Report:
-    """Gradient check of the configured network (or `params`, e.g. from a checkpoint) in float64."""
+        fd_entries: int = FD_ENTRIES, normalization=None) -> Report:
+    """Gradient check of the configured network (or `params` and `normalization` of a checkpoint)."""
     from mbtrain.train import build_model
 
     if samples < 1:
@@ -283,7 +288,7 @@ def run(cfg, samples: int = 8, params: list[np.ndarray] | None = None,
     m = cfg.model
     model = MLP([p.astype(np.float64) for p in params], m.activation, m.output)
     rng = gradcheck_rng(cfg.seed)
-    X, Y, source, n_train = take_samples(cfg, samples, rng)
+    X, Y, source, n_train = take_samples(cfg, samples, rng, normalization)
     weight_decay, how = loss_weight_decay(cfg.train, n_train)
     optimizer = getattr(cfg.train, "optimizer", "sgd")
     rate = getattr(m, "dropout", 0.0)

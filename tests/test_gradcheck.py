@@ -217,6 +217,25 @@ def test_cli_checks_a_checkpoint(tiny_config, tmp_path):
     assert trained["passed"] and trained["loss"] < fresh["loss"]     # the trained weights were checked
 
 
+def test_samples_are_what_training_sees(tiny_config, tiny_data):
+    """With data.normalize = standardize, the checked rows are standardized with the training split's statistics."""
+    from mbtrain.config import load_config
+    cfg = load_config(tiny_config, ["data.normalize=standardize"])
+    X, Y, _, n_train = gradcheck.take_samples(cfg, 200, gradcheck.gradcheck_rng(cfg.seed))
+    x = np.load(tiny_data[0])["x"][:200].astype(np.float64)          # 240 rows, the last 40 validate
+    assert n_train == 200
+    assert np.allclose(X, (x - x.mean(axis=0)) / x.std(axis=0), atol=1e-5)
+    assert np.array_equal(Y.argmax(axis=1), np.load(tiny_data[0])["y"][:200])
+
+
+def test_cli_checks_a_normalized_checkpoint(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    fit = runner.invoke(app, ["fit", tiny_config, "--out", str(out), "--quiet", "--set", "data.normalize=unit"])
+    assert fit.exit_code == 0, fit.output
+    result = runner.invoke(app, ["gradcheck", "--checkpoint", str(out / "checkpoints" / "last.npz")])
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--samples", "100000"], "has only 200 training samples"),
     (["--samples", "0"], "--samples 0: expected at least 1"),
