@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from mbtrain import blas, data, optim
+from mbtrain import blas, data, guard, optim
 from mbtrain.config import Config
 from mbtrain.errors import DataError
 from mbtrain.model import MLP
@@ -99,7 +99,8 @@ class _Trainer:
         from mbtrain.train import build_model
         t = cfg.train
         self.model = build_model(cfg)
-        self.opt = optim.make(t, self.model.params)
+        self.opt = optim.make(t, self.model.params, n_train=len(train_set))
+        self.clip_norm = t.clip_norm
         self.per_sample = per_sample
         self.batches = data.Batches(train_set, t.batch_size, True, t.dtype, cfg.model.layers[-1], cfg.seed)
         self.stream = self._endless()
@@ -113,11 +114,12 @@ class _Trainer:
     def step(self) -> None:
         X, Y = next(self.stream)
         if self.per_sample:
-            _, grads = per_sample_gradients(self.model, X, Y)
+            loss, grads = per_sample_gradients(self.model, X, Y)
         else:
             self.model.forward(X)
-            self.model.loss_and_backward(Y)
+            loss = self.model.loss_and_backward(Y)
             grads = self.model.grads
+        guard.check_step(loss, grads, self.clip_norm)          # as fit does, before the update
         self.opt.step(grads)
 
 

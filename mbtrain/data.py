@@ -69,9 +69,9 @@ class Dataset:
 
     def gather(self, rows: np.ndarray, X_out: np.ndarray, Y_out: np.ndarray) -> None:
         """Copy rows (absolute indices) into X_out (K, d) scaled to floats and Y_out (K, m)."""
-        raw = self.x[rows]
-        np.multiply(raw, self.scale, out=X_out, casting="unsafe") if self.scale is not None \
-            else np.copyto(X_out, raw, casting="unsafe")
+        np.copyto(X_out, self.x[rows], casting="unsafe")
+        if self.scale is not None:       # pixels / 255 in X_out's dtype: no float64 temporary
+            X_out /= 255
         if self.normalization is not None:
             self.normalization.apply(X_out)
         targets(self.y[rows], Y_out)

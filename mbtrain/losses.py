@@ -42,10 +42,18 @@ def softmax_cross_entropy_samples(Z, Y):
 
 
 def softmax_cross_entropy(Z, Y, dZ=None):
+    """Mean cross-entropy of softmax(Z) against Y, and dZ = (P - Y) / K, sharing one exp.
+
+    With s = z - max z and S = sum exp(s) per row, log p = s - log S, so a sample's loss
+    -y . log p = sum(y) log S - y . s, and P = exp(s) / S; no log of a probability is taken.
+    """
     K = Z.shape[0]
-    dZ = softmax(Z, out=dZ)                                    # P
-    # log p = log(P) is safe only where p > 0; use the log-sum-exp form for the loss.
-    loss = float(softmax_cross_entropy_samples(Z, Y).sum()) / K
+    dZ = np.subtract(Z, Z.max(axis=1, keepdims=True), out=dZ)  # s = z - max z      (K, m)
+    y_dot_s = float(np.vdot(Y, dZ))                            # sum_k y_k . s_k
+    np.exp(dZ, out=dZ)
+    S = dZ.sum(axis=1, keepdims=True)                          # (K, 1)
+    loss = (float(np.dot(Y.sum(axis=1), np.log(S[:, 0]))) - y_dot_s) / K
+    dZ /= S                                                    # P
     dZ -= Y                                                    # P - Y
     dZ /= K
     return loss, dZ

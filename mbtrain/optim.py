@@ -35,7 +35,9 @@ class SGD:
         self.params, self.lr = params, lr
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self.velocity = [np.zeros_like(p) for p in params] if momentum else []
-        self._g = [np.empty_like(p) for p in params]
+        # scratch arrays, so a step allocates nothing: g with weight decay, the scaled step
+        self._g = [np.empty_like(p) for p in params] if weight_decay else []
+        self._step = [np.empty_like(p) for p in params]
 
     def step(self, grads: list[np.ndarray]) -> None:
         lr = self.params[0].dtype.type(self.lr)
@@ -43,16 +45,17 @@ class SGD:
             g = dp
             if self.weight_decay and i % 2 == 0:                 # weights only, not biases
                 g = np.multiply(p, self.weight_decay, out=self._g[i])
-                g += dp
+                g += dp                                          # g = dW + lambda W
+            direction = g
             if self.momentum:
                 v = self.velocity[i]
                 v *= self.momentum
-                v += g
+                v += g                                           # v = mu v + g
+                direction = v
                 if self.nesterov:
-                    g = np.add(g, self.momentum * v, out=self._g[i])
-                else:
-                    g = v
-            p -= lr * g
+                    direction = np.multiply(v, self.momentum, out=self._step[i])
+                    direction += g                               # g + mu v
+            p -= np.multiply(direction, lr, out=self._step[i])   # W -= lr * direction
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays to save in a checkpoint, by name."""
