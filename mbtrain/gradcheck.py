@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mbtrain import dropout, optim
+from mbtrain import blas, dropout, optim
 from mbtrain.errors import MbtrainError
 from mbtrain.model import MLP
 
@@ -162,14 +162,10 @@ def mean_loss(model: MLP, X: np.ndarray, Y: np.ndarray, weight_decay: float, mas
     return loss + 0.5 * weight_decay * sum(float((W * W).sum()) for W in model.weights)
 
 
-def hidden_signs(model: MLP, X: np.ndarray, masks=None) -> list[np.ndarray]:
-    """Z > 0 for every hidden layer: where it changes between w - h and w + h, a kink lies between."""
-    signs, A = [], X
-    for l, (W, b) in enumerate(zip(model.weights[:-1], model.biases[:-1])):
-        Z = A @ W.T + b
-        signs.append(Z > 0)
-        A = model.act.forward(Z) if masks is None else model.act.forward(Z) * masks[l]
-    return signs
+def hidden_signs(model: MLP) -> list[np.ndarray]:
+    """Z > 0 of every hidden layer in the last forward(): where it differs between w - h and
+    w + h, a kink (ReLU's at 0) lies in between."""
+    return [Z > 0 for Z in model.Z[:-1]]
 
 
 def numerical_gradient(model: MLP, X, Y, weight_decay: float, index: int, entries: np.ndarray,
@@ -181,9 +177,9 @@ def numerical_gradient(model: MLP, X, Y, weight_decay: float, index: int, entrie
     for e, i in enumerate(entries):
         saved = p[i]
         p[i] = saved + FD_STEP
-        plus, signs_plus = mean_loss(model, X, Y, weight_decay, masks), hidden_signs(model, X, masks)
+        plus, signs_plus = mean_loss(model, X, Y, weight_decay, masks), hidden_signs(model)
         p[i] = saved - FD_STEP
-        minus, signs_minus = mean_loss(model, X, Y, weight_decay, masks), hidden_signs(model, X, masks)
+        minus, signs_minus = mean_loss(model, X, Y, weight_decay, masks), hidden_signs(model)
         p[i] = saved
         values[e] = (plus - minus) / (2 * FD_STEP)
         kinks[e] = any((s != t).any() for s, t in zip(signs_plus, signs_minus))
@@ -295,7 +291,9 @@ def run(cfg, samples: int = 8, params: list[np.ndarray] | None = None,
     # the masks of the first training step (epoch 0, step 0), fixed for all three gradients
     masks = dropout.masks(cfg.seed, 0, 0, samples, m.layers[1:-1], rate, np.float64) \
         if rate and len(m.layers) > 2 else None
-    report = check_model(model, X, Y, weight_decay, rng, fd_entries, optimizer, masks)
+    # products of K rows gain nothing from BLAS threads, and lose much on a busy machine
+    with blas.limit(cfg.train.threads or 1):
+        report = check_model(model, X, Y, weight_decay, rng, fd_entries, optimizer, masks)
     report.description = {"layers": list(m.layers), "activation": m.activation, "output": m.output,
                           "optimizer": optimizer, "weight_decay": weight_decay, "weight_decay_from": how,
                           "dropout": rate, "dropout_kept": None if masks is None else
