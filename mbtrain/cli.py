@@ -92,7 +92,7 @@ def fit(
         ckpt = None
         splits = load_splits(cfg)
         run_dir = runs.create(out, config, name=name, overwrite=overwrite)
-    run = runs.Tracker(run_dir, sys.argv, config, set_ or [], resume)
+    run = runs.Tracker(run_dir, sys.argv, config, set_ or [], resume, cfg.train.threads)
     try:
         with run:
             runs.write_text(run_dir, "config.yaml", cfg.to_yaml())

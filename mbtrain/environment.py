@@ -28,19 +28,17 @@ def versions() -> dict:
     return found
 
 
-def blas() -> dict:
-    """The BLAS numpy was built against, what is loaded at run time (when threadpoolctl is
-    installed) and the thread-count environment variables that steer it."""
-    info: dict = {"build": _numpy_build_blas()}
+def blas(threads_limit: int = 0) -> dict:
+    """The BLAS numpy was built against, the one loaded now (library, version, default thread
+    count, via mbtrain.blas), the limit train.threads puts on it for the run (0: none) and the
+    thread-count environment variables that steer it."""
+    from mbtrain import blas as blas_mod
     try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        pass
-    else:
-        info["loaded"] = [{k: pool.get(k) for k in ("internal_api", "version", "num_threads", "filepath")}
-                          for pool in threadpool_info() if pool.get("user_api") == "blas"]
-    info["thread_variables"] = {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}
-    return info
+        loaded = blas_mod.info()
+    except ImportError:                 # threadpoolctl missing: build information only
+        loaded = None
+    return {"build": _numpy_build_blas(), "loaded": loaded, "threads_limit": threads_limit,
+            "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}}
 
 
 def _numpy_build_blas() -> dict:
@@ -54,7 +52,7 @@ def _numpy_build_blas() -> dict:
     return {k: dep[k] for k in keep if k in dep}
 
 
-def describe() -> dict:
+def describe(threads_limit: int = 0) -> dict:
     """Everything above in one mapping, plus the platform."""
-    return {"versions": versions(), "blas": blas(), "platform": platform.platform(),
+    return {"versions": versions(), "blas": blas(threads_limit), "platform": platform.platform(),
             "executable": sys.executable}

@@ -82,8 +82,8 @@ def plot_runs(run_dirs: list[str], out: str, metric: str | None = None) -> list[
                 if not points:
                     continue
                 style = "--" if name.startswith("val_") and len(names) > 1 else "-"
-                ax.plot(*zip(*points), style, color=colors[i % len(colors)], marker="." if len(points) < 30 else None,
-                        label=f"{label} {name}" if len(curves) > 1 or len(names) > 1 else label)
+                ax.plot(*zip(*points), style, color=colors[i % len(colors)],
+                        marker="." if len(points) < 30 else None, label=f"{label} {name}" if len(curves) > 1 or len(names) > 1 else label)
         ax.set_xlabel("epoch")
         pair = next((k for k, v in PAIRS.items() if list(v) == names), None)
         ax.set_ylabel(f"{pair} (solid: train, dashed: validation)" if pair else names[0])

@@ -187,14 +187,14 @@ class Tracker:
     """
 
     def __init__(self, run_dir: str, argv: list[str], config_path: str | None, overrides: list[str],
-                 resume: str | None = None):
+                 resume: str | None = None, threads_limit: int = 0):
         self.run_dir = run_dir
         self.status, self.exit_code, self.error = "running", None, None
         previous = _read_run_json(run_dir) if resume else {}
         self.info = {"command": argv, "cwd": os.getcwd(), "config_file": config_path,
                      "overrides": list(overrides), "resumed_from": resume,
                      "started_utc": _utc_now(), "host": socket.gethostname(), "pid": os.getpid(),
-                     **environment.describe()}
+                     **environment.describe(threads_limit)}
         if previous:
             # a resumed run keeps the record of how it was started
             self.info["earlier"] = previous.pop("earlier", []) + [previous]

@@ -33,6 +33,19 @@ def mbtrain(*args, cwd, env=None, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def main_in_process(capsys, *args) -> tuple[int, str, str]:
+    """Run mbtrain.cli.main(ARGS) in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from mbtrain.cli import main
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def status(run_dir) -> str:
     with open(os.path.join(run_dir, "status")) as f:
         return f.read().strip()
@@ -104,52 +117,55 @@ def test_same_second_in_process_with_a_fixed_clock(tmp_path, tiny_config, monkey
     assert run_dirs(tmp_path) == ["tiny-20260102-030405", "tiny-20260102-030405-2", "tiny-20260102-030405-3"]
 
 
-def test_existing_run_dir_is_never_reused_without_overwrite(tmp_path, tiny_config):
-    out = tmp_path / "run"
-    assert mbtrain("fit", tiny_config, "--out", str(out), "-q", cwd=tmp_path).returncode == 0
-    before = {f: (out / f).read_bytes() for f in ("config.yaml", "metrics.csv", "summary.json", "status")}
-    r = mbtrain("fit", tiny_config, "--out", str(out), "--set", "train.epochs=1", cwd=tmp_path)
-    assert r.returncode == 2
-    assert r.stderr.startswith("error: ") and "--overwrite" in r.stderr and len(r.stderr.splitlines()) == 1
-    assert {f: (out / f).read_bytes() for f in before} == before      # nothing damaged
+def test_existing_run_dir_is_never_reused_without_overwrite(tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert main_in_process(capsys, "fit", tiny_config, "--out", str(run), "-q")[0] == 0
+    before = {f: (run / f).read_bytes() for f in ("config.yaml", "metrics.csv", "summary.json", "status")}
+    code, _, err = main_in_process(capsys, "fit", tiny_config, "--out", str(run), "--set", "train.epochs=1")
+    assert code == 2
+    assert err.startswith("error: ") and "--overwrite" in err and len(err.splitlines()) == 1
+    assert {f: (run / f).read_bytes() for f in before} == before      # nothing damaged
 
-    r = mbtrain("fit", tiny_config, "--out", str(out), "--set", "train.epochs=1", "--overwrite", "-q",
-                cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert (out / "metrics.csv").read_text().count("\n") == 2        # header + the one new epoch
-    assert run_json(out)["overrides"] == ["train.epochs=1"]
+    code, _, err = main_in_process(capsys, "fit", tiny_config, "--out", str(run), "--set", "train.epochs=1",
+                                   "--overwrite", "-q")
+    assert code == 0, err
+    assert (run / "metrics.csv").read_text().count("\n") == 2        # header + the one new epoch
+    assert run_json(run)["overrides"] == ["train.epochs=1"]
 
 
-def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, tiny_config):
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     folder = tmp_path / "precious"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
-    r = mbtrain("fit", tiny_config, "--out", str(folder), "--overwrite", cwd=tmp_path)
-    assert r.returncode == 2 and "not a run directory" in r.stderr
+    code, _, err = main_in_process(capsys, "fit", tiny_config, "--out", str(folder), "--overwrite")
+    assert code == 2 and "not a run directory" in err
     assert (folder / "notes.txt").read_text() == "keep me"
 
 
-def test_name_puts_the_run_under_runs(tmp_path, tiny_config):
-    r = mbtrain("fit", tiny_config, "--name", "lr-test", "-q", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+def test_name_puts_the_run_under_runs(tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = main_in_process(capsys, "fit", tiny_config, "--name", "lr-test", "-q")
+    assert code == 0, err
     assert status(tmp_path / "runs" / "lr-test") == "completed"
-    r = mbtrain("fit", tiny_config, "--name", "lr-test", cwd=tmp_path)
-    assert r.returncode == 2 and "not empty" in r.stderr
+    code, _, err = main_in_process(capsys, "fit", tiny_config, "--name", "lr-test")
+    assert code == 2 and "not empty" in err
     for bad in (["--name", "a/b"], ["--name", "x", "--out", str(tmp_path / "y")]):
-        r = mbtrain("fit", tiny_config, *bad, cwd=tmp_path)
-        assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr
+        code, _, err = main_in_process(capsys, "fit", tiny_config, *bad)
+        assert code == 2 and err.startswith("error: "), err
     assert run_dirs(tmp_path) == ["lr-test"]
 
 
-def test_resume_reuses_its_run_directory_and_keeps_the_record(tmp_path, tiny_config):
-    out = tmp_path / "run"
-    assert mbtrain("fit", tiny_config, "--out", str(out), "-q", "--set", "train.epochs=1",
-                   cwd=tmp_path).returncode == 0
-    r = mbtrain("fit", "--resume", str(out / "checkpoints" / "last.npz"), "--set", "train.epochs=2", "-q",
-                cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    info = run_json(out)
-    assert status(out) == "completed" and info["resumed_from"].endswith("last.npz")
+def test_resume_reuses_its_run_directory_and_keeps_the_record(tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert main_in_process(capsys, "fit", tiny_config, "--out", str(run), "-q", "--set", "train.epochs=1")[0] == 0
+    code, _, err = main_in_process(capsys, "fit", "--resume", str(run / "checkpoints" / "last.npz"),
+                                   "--set", "train.epochs=2", "-q")
+    assert code == 0, err
+    info = run_json(run)
+    assert status(run) == "completed" and info["resumed_from"].endswith("last.npz")
     assert [e["overrides"] for e in info["earlier"]] == [["train.epochs=1"]]
 
 
@@ -231,33 +247,35 @@ def test_stdout_is_empty_without_json_and_stderr_is_empty_with_quiet(tmp_path, t
     assert len(r.stdout.splitlines()) == 1 and json.loads(r.stdout)["status"] == "completed"
 
 
-def test_eval_json_is_one_object(tmp_path, tiny_config):
-    assert mbtrain("fit", tiny_config, "--out", "a", "-q", cwd=tmp_path).returncode == 0
-    r = mbtrain("eval", "a/checkpoints/last.npz", "--json", cwd=tmp_path)
-    assert r.returncode == 0 and r.stderr == ""
-    result = json.loads(r.stdout)
+def test_eval_json_is_one_object(tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main_in_process(capsys, "fit", tiny_config, "--out", "a", "-q")[0] == 0
+    code, out, err = main_in_process(capsys, "eval", "a/checkpoints/last.npz", "--json")
+    assert code == 0 and err == ""
+    result = json.loads(out)
     assert result["n"] == 60 and 0.0 <= result["acc"] <= 1.0
 
 
-def test_config_prints_the_resolved_yaml(tmp_path, tiny_config):
+def test_config_prints_the_resolved_yaml(tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     import yaml
-    r = mbtrain("config", tiny_config, "--set", "train.lr=0.3", cwd=tmp_path)
-    assert r.returncode == 0 and r.stderr == ""
-    resolved = yaml.safe_load(r.stdout)
+    code, out, err = main_in_process(capsys, "config", tiny_config, "--set", "train.lr=0.3")
+    assert code == 0 and err == ""
+    resolved = yaml.safe_load(out)
     assert resolved["train"]["lr"] == 0.3                   # the override
     assert resolved["model"]["layers"] == [8, 16, 3]        # from the file
     assert resolved["train"]["eval_batch_size"] == 4096     # a default the file does not set
     assert not (tmp_path / "runs").exists()                 # nothing trained
-    r = mbtrain("config", tiny_config, "--json", cwd=tmp_path)
-    assert json.loads(r.stdout)["train"]["lr"] == 0.5
+    code, out, err = main_in_process(capsys, "config", tiny_config, "--json")
+    assert json.loads(out)["train"]["lr"] == 0.5
 
 
 @pytest.mark.parametrize("override, needle", [("train.lrr=0.3", "did you mean train.lr"),
                                               ("train.batch_size=0", "train.batch_size")])
-def test_config_exits_2_on_a_bad_config(tmp_path, tiny_config, override, needle):
-    r = mbtrain("config", tiny_config, "--set", override, cwd=tmp_path)
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.startswith("error: ") and needle in r.stderr and len(r.stderr.splitlines()) == 1
+def test_config_exits_2_on_a_bad_config(tiny_config, capsys, override, needle):
+    code, out, err = main_in_process(capsys, "config", tiny_config, "--set", override)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
 
 
 def test_every_command_has_help_text():
