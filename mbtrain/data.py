@@ -43,7 +43,8 @@ class Dataset:
         self.x = self.x.reshape(len(self.x), -1) if self.x.ndim != 2 else self.x
         self.scale = 1.0 / 255.0 if self.x.dtype == np.uint8 else None
         self.normalization: Normalization | None = None      # set from the training split
-        self._pages = streaming.Releaser(self.x, self.y)
+        # batches of a memory-mapped file are read with pread, so they never map the file
+        self._x_rows, self._y_rows = streaming.RowReader.for_array(self.x), streaming.RowReader.for_array(self.y)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -69,13 +70,13 @@ class Dataset:
 
     def gather(self, rows: np.ndarray, X_out: np.ndarray, Y_out: np.ndarray) -> None:
         """Copy rows (absolute indices) into X_out (K, d) scaled to floats and Y_out (K, m)."""
-        np.copyto(X_out, self.x[rows], casting="unsafe")
+        raw = self._x_rows.read(rows) if self._x_rows else self.x[rows]
+        np.copyto(X_out, raw, casting="unsafe")
         if self.scale is not None:       # pixels / 255 in X_out's dtype: no float64 temporary
             X_out /= 255
         if self.normalization is not None:
             self.normalization.apply(X_out)
-        targets(self.y[rows], Y_out)
-        self._pages.gathered(len(rows))
+        targets(self._y_rows.read(rows) if self._y_rows else self.y[rows], Y_out)
 
     def chunks(self, batch_size: int, dtype, classes: int):
         """(X, Y) in order, batch_size rows at a time (for evaluation)."""

@@ -3,8 +3,9 @@
 Reading a memory-mapped file maps its pages into the process: left alone, the resident
 set grows to the whole file even though the kernel could drop those pages at any time.
 `release` hands the pages back (madvise MADV_DONTNEED: the page cache keeps them, so a
-re-read is cheap), and `chunks` walks an array a few MiB at a time, releasing as it goes.
-This is what keeps peak RSS flat as the dataset grows (benchmarks/memory.py).
+re-read is cheap), `chunks` walks an array a few MiB at a time, releasing as it goes, and
+`RowReader` reads a minibatch's scattered rows with pread, never mapping them. This is
+what keeps peak RSS flat as the dataset grows (benchmarks/memory.py).
 
     mbtrain data info data/big/        # one streaming pass over x.npy and y.npy
 """
@@ -12,12 +13,13 @@ This is what keeps peak RSS flat as the dataset grows (benchmarks/memory.py).
 from __future__ import annotations
 
 import mmap
+import os
 
 import numpy as np
 
+from mbtrain.errors import DataError
+
 CHUNK_BYTES = 16 << 20          # bytes read per chunk of a streaming pass
-RELEASE_BYTES = 32 << 20        # pages touched by batch gathers between two releases
-PAGE = mmap.PAGESIZE
 
 
 def is_mapped(a: np.ndarray) -> bool:
@@ -49,19 +51,39 @@ def chunks(a: np.ndarray, start: int = 0, stop: int | None = None, chunk_bytes: 
         release(a)
 
 
-class Releaser:
-    """Counts the pages that row gathers touch and releases the mapping every RELEASE_BYTES."""
+class RowReader:
+    """Reads rows of a memory-mapped array with pread instead of through the mapping.
 
-    def __init__(self, *arrays: np.ndarray):
-        self.arrays = [a for a in arrays if is_mapped(a)]
-        # a gathered row touches at least one page, wherever it sits
-        self.cost = [max(PAGE, int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize)
-                     for a in self.arrays]
-        self.touched = [0] * len(self.arrays)
+    A random row touched through a mapping maps the whole large folio around it (2 MiB on
+    this kernel), so a few minibatches of a full shuffle would map most of the file into the
+    resident set. pread copies just the bytes asked for; sorted rows that follow each other
+    in the file are read with one call. (A loop over runs of rows, for I/O only.)
+    """
 
-    def gathered(self, rows: int) -> None:
-        for i, a in enumerate(self.arrays):
-            self.touched[i] += rows * self.cost[i]
-            if self.touched[i] >= RELEASE_BYTES:
-                release(a)
-                self.touched[i] = 0
+    def __init__(self, a: np.ndarray):
+        self.path, self.offset = a.filename, int(a.offset)
+        self.row_shape, self.dtype = a.shape[1:], a.dtype
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * a.dtype.itemsize
+        self.file = open(self.path, "rb", buffering=0)          # closed when the reader is collected
+
+    @staticmethod
+    def for_array(a: np.ndarray) -> "RowReader | None":
+        """A reader when `a` is a whole C-ordered memory-mapped array of its file, else None."""
+        mm = getattr(a, "_mmap", None)
+        if mm is None or not a.flags.c_contiguous or getattr(a, "filename", None) is None:
+            return None
+        start = np.frombuffer(mm, np.uint8).ctypes.data + int(a.offset) % mmap.ALLOCATIONGRANULARITY
+        return RowReader(a) if a.ctypes.data == start else None      # a view that starts elsewhere
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The rows (K,) of the array, as a (K, *row_shape) array; ascending runs take one call each."""
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)                 # (K, row_bytes)
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+            want = (e - s) * self.row_bytes
+            got = os.preadv(self.file.fileno(), [flat[s:e]], self.offset + int(rows[s]) * self.row_bytes)
+            if got != want:
+                raise DataError(f"{self.path}: rows {rows[s]}..{rows[e - 1]}: read {got} bytes, expected "
+                                f"{want} (was the file truncated while training?)")
+        return out
