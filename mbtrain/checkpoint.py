@@ -144,6 +144,7 @@ def load(path: str) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint not found")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint .npz file")
+    _check_magic(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
@@ -159,6 +160,23 @@ def load(path: str) -> Checkpoint:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                               f"{_first_line(e)}") from None
     return _parse(path, arrays)
+
+
+def _check_magic(path: str) -> None:
+    """Refuse anything but a zip (.npz) archive by its first bytes, before numpy looks at it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e.strerror or e}") from None
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return
+    if head[:1] == b"\x80":                       # pickle protocol 2 and later
+        raise CheckpointError(f"{path}: holds a pickled object, which mbtrain never loads")
+    if head == b"\x93NUMPY":
+        raise CheckpointError(f"{path}: is a single .npy array, not a checkpoint .npz archive")
+    found = f"it starts with bytes {head[:4].hex(' ')}" if head else "it is empty"
+    raise CheckpointError(f"{path}: not a checkpoint: expected an .npz (zip) archive, {found}")
 
 
 def _first_line(e: Exception) -> str:

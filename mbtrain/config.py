@@ -194,6 +194,8 @@ def parse_yaml(text: str, source: str) -> dict:
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "python/" in problem:                   # !!python/object and friends
+            problem = "tags such as !!python/object are refused: a config holds plain values only"
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
     except (ValueError, TypeError, RecursionError) as e:
         raise ConfigError(f"{source}: invalid YAML: {e}") from None
@@ -216,8 +218,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or "not valid YAML"
-        raise ConfigError(f"--set {key}: value {value!r} is {problem}") from None
+        problem = getattr(e, "problem", None) or "syntax error"
+        if "python/" in problem:
+            problem = "tags such as !!python/object are refused"
+        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {problem}") from None
     except (ValueError, TypeError, RecursionError) as e:
         raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {e}") from None
     return parts, parsed
