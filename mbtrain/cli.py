@@ -280,6 +280,68 @@ def bench(
         raise typer.Exit(1)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and convert data sources.")
+app.add_typer(data_app, name="data")
+LabelOption = Annotated[str, typer.Option("--label", help="CSV: the label column, by header name or 0-based "
+                                                      "index (negative counts from the end).")]
+HeaderOption = Annotated[str, typer.Option("--header", help="CSV: auto (a first line holding a non-number "
+                                                        "is a header), yes or no.")]
+
+
+def _column(label: str):
+    return int(label) if label.lstrip("-").isdigit() else label
+
+
+def _csv_header(header: str) -> str:
+    if header not in ("auto", "yes", "no"):
+        raise UsageError(f"--header {header!r}: expected auto, yes or no")
+    return header
+
+
+@data_app.command("info")
+def data_info(
+    path: Annotated[str, typer.Argument(help="IDX images (labels beside), .npz, folder of x.npy/y.npy, or .csv.")],
+    label: LabelOption = "0",
+    header: HeaderOption = "auto",
+    json_: JsonOption = False,
+):
+    """Samples, feature shape, dtype, label histogram, min/max, and whether it trains memory-mapped."""
+    from mbtrain import datainfo
+
+    result = datainfo.info(path, _column(label), _csv_header(header))
+    print(json.dumps(result) if json_ else datainfo.text(result))
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[str, typer.Argument(help="A CSV (.csv, .csv.gz), IDX images file or .npz to convert.")],
+    out_dir: Annotated[str, typer.Argument(help="Folder to write x.npy and y.npy into (must not hold them).")],
+    labels: Annotated[Optional[str], typer.Option("--labels", help="IDX: the labels file, when not beside "
+                                                  "the images.")] = None,
+    label: LabelOption = "0",
+    header: HeaderOption = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="CSV: feature dtype of x.npy (float32, float64, "
+                                       "uint8, ...).")] = "float32",
+    json_: JsonOption = False,
+):
+    """Stream a CSV, IDX or .npz source into x.npy and y.npy, which training memory-maps."""
+    import numpy as np
+
+    from mbtrain import convert
+
+    try:
+        if np.dtype(dtype).kind not in "uif":
+            raise TypeError
+    except TypeError:
+        raise UsageError(f"--dtype {dtype!r}: expected a numeric dtype such as float32") from None
+    result = convert.convert(source, out_dir, labels, _column(label), _csv_header(header), dtype)
+    if json_:
+        print(json.dumps(result))
+    else:
+        print(f"wrote {os.path.join(out_dir, 'x.npy')} {tuple(result['x']['shape'])} {result['x']['dtype']} "
+              f"and y.npy {tuple(result['y']['shape'])} {result['y']['dtype']}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every expected error into a message and an exit code."""
     from mbtrain.errors import Diverged, Interrupted, MbtrainError

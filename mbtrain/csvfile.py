@@ -97,7 +97,7 @@ class CsvTable:
             bad = np.flatnonzero(~np.isfinite(y) | (np.mod(y, 1) != 0))
             if len(bad):
                 raise DataError(f"{self.path}: line {block[bad[0]][0]}, column {self.label + 1}: label "
-                                f"{y[bad[0]]!r} is not a whole class number")
+                                f"{y[bad[0]].item()!r} is not a whole class number")
             yield table[:, self.features], y.astype(np.int64)
 
     def _parse(self, block: list) -> np.ndarray:
