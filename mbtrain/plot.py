@@ -34,6 +34,11 @@ def pyplot():
     return plt
 
 
+def _integer_locator():
+    from matplotlib.ticker import MaxNLocator
+    return MaxNLocator(integer=True)
+
+
 def load_curves(run_dirs: list[str]) -> list[tuple[str, list[dict]]]:
     """(legend label, metrics rows) per run; MbtrainError for a directory that is not a run."""
     curves = []
@@ -83,8 +88,9 @@ def plot_runs(run_dirs: list[str], out: str, metric: str | None = None) -> list[
                     continue
                 style = "--" if name.startswith("val_") and len(names) > 1 else "-"
                 ax.plot(*zip(*points), style, color=colors[i % len(colors)],
-                        marker="." if len(points) < 30 else None, label=f"{label} {name}" if len(curves) > 1 or len(names) > 1 else label)
+                        marker="." if len(points) < 30 else None, label=f"{label} {name}" if len(names) > 1 else label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(_integer_locator())
         pair = next((k for k, v in PAIRS.items() if list(v) == names), None)
         ax.set_ylabel(f"{pair} (solid: train, dashed: validation)" if pair else names[0])
         ax.grid(alpha=0.3)

@@ -38,6 +38,11 @@ grid() {
     done
 }
 
+if [ -e "$sweep_dir" ] && [ -n "$(ls -A "$sweep_dir" 2>/dev/null)" ]; then
+    echo "sweep: $sweep_dir already exists and is not empty; choose another SWEEP_DIR" >&2
+    exit 2
+fi
+
 # 1. validate every grid point before launching anything (mbtrain config exits 2 on a bad one)
 while read -r lr batch_size; do
     if ! $mbtrain config "$config" --set train.lr="$lr" --set train.batch_size="$batch_size" \
@@ -47,19 +52,21 @@ while read -r lr batch_size; do
     fi
 done < <(grid)
 
-# 2. run the grid, JOBS at a time; each run's messages go to logs/<name>.log
-mkdir -p "$sweep_dir/logs"
+# 2. run the grid, JOBS at a time. A run's messages go to .NAME.log, moved to NAME/fit.log
+# when the run ends, so that SWEEP_DIR holds only run directories (mbtrain compare SWEEP_DIR/*)
+mkdir -p "$sweep_dir"
 echo "sweep: $(grid | wc -l) runs, $jobs at a time, in $sweep_dir" >&2
 export SWEEP_DIR=$sweep_dir SWEEP_CONFIG=$config SWEEP_MBTRAIN=$mbtrain
 # xargs appends "LR BATCH_SIZE" after the extra overrides; the inner script always exits 0
 # so that xargs goes on past a failed run (the run's status file tells what happened)
 grid | xargs -P "$jobs" -L 1 bash -c '
     lr=${@: -2:1}; batch_size=${@: -1}; extra=("${@:1:$#-2}")
-    name="lr$lr-bs$batch_size"
+    name="lr$lr-bs$batch_size"; log="$SWEEP_DIR/.$name.log"
     $SWEEP_MBTRAIN fit "$SWEEP_CONFIG" --out "$SWEEP_DIR/$name" --quiet --set train.lr="$lr" \
-        --set train.batch_size="$batch_size" --set train.threads=1 "${extra[@]}" \
-        >"$SWEEP_DIR/logs/$name.log" 2>&1
-    echo "sweep: $name exited $?" >&2
+        --set train.batch_size="$batch_size" --set train.threads=1 "${extra[@]}" >"$log" 2>&1
+    code=$?
+    [ -d "$SWEEP_DIR/$name" ] && mv "$log" "$SWEEP_DIR/$name/fit.log"
+    echo "sweep: $name exited $code" >&2
     exit 0
 ' sweep "$@"
 
@@ -72,7 +79,9 @@ while read -r lr batch_size; do
     status=$(cat "$dir/status" 2>/dev/null || echo "missing")
     if [ "$status" != "completed" ]; then
         failed=$((failed + 1))
-        echo "sweep: FAILED $dir: $status: $(tail -n 1 "$sweep_dir/logs/lr$lr-bs$batch_size.log" 2>/dev/null)" >&2
+        log="$dir/fit.log"
+        [ -f "$log" ] || log="$sweep_dir/.lr$lr-bs$batch_size.log"
+        echo "sweep: FAILED $dir: $status: $(tail -n 1 "$log" 2>/dev/null)" >&2
     fi
 done < <(grid)
 $mbtrain compare "${dirs[@]}" --sort val_acc

@@ -175,6 +175,13 @@ def test_sweep_keeps_going_past_a_failed_run_and_reports_it(tmp_path, tiny_confi
     assert lines[2].startswith("sw/lr1000000.0-bs16 ") and "diverged" in lines[2]
     info = json.loads((tmp_path / "sw" / "lr0.5-bs16" / "run.json").read_text())
     assert info["blas"]["threads_limit"] == 1 and "train.threads=1" in info["overrides"]
+    assert sorted(os.listdir(tmp_path / "sw")) == ["lr0.5-bs16", "lr1000000.0-bs16"]     # only runs
+    assert "diverged" in (tmp_path / "sw" / "lr1000000.0-bs16" / "fit.log").read_text()
+    # the same SWEEP_DIR again: refused before anything runs, nothing touched
+    again = subprocess.run(["bash", os.path.join(ROOT, "scripts", "sweep.sh"), tiny_config], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert "diverged" in (tmp_path / "sw" / "lr1000000.0-bs16" / "fit.log").read_text()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
