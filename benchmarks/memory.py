@@ -56,7 +56,8 @@ def generate_in_child(folder: str, megabytes: float) -> int:
 
 def train_child(folder: str, shuffle: str, prefetch: str) -> dict:
     """One epoch of `mbtrain fit` on folder/x.npy, y.npy in a child; its peak RSS and wall time."""
-    cfg = {"seed": 0, "data": {"train": folder, "validation": 0.01, "shuffle": shuffle, "prefetch": prefetch},
+    # a fixed validation count: its evaluation batches (train.eval_batch_size rows) stay the same size
+    cfg = {"seed": 0, "data": {"train": folder, "validation": 8192, "shuffle": shuffle, "prefetch": prefetch},
            "model": {"layers": [FEATURES, 32, CLASSES]},
            "train": {"epochs": 1, "batch_size": 256, "lr": 0.05, "threads": 1}}
     path = os.path.join(folder, f"{shuffle}.yaml")

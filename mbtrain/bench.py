@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from mbtrain import blas, data, guard, optim
+from mbtrain import blas, data, guard, loadertime, optim
 from mbtrain.config import Config
 from mbtrain.errors import DataError
 from mbtrain.model import MLP
@@ -139,7 +139,8 @@ def run(cfg: Config, steps: int | None = None, repeats: int = 5) -> dict:
 
 def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
     t, layers, K = cfg.train, cfg.model.layers, cfg.train.batch_size
-    train_set = data.load(cfg.data.train, layers, "training")
+    from mbtrain.train import load_splits
+    train_set = load_splits(cfg)[0]                 # the training split, normalized as fit does
     if len(train_set) < K:
         raise DataError(f"{train_set.name}: {len(train_set)} training samples make no batch of "
                         f"train.batch_size = {K}")
@@ -171,6 +172,7 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         "gflops": flops / seconds["vectorized"] / 1e9, "gemm_gflops": flops / seconds["gemm_bound"] / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "blas": blas.info(), "threads": t.threads,
+        "loader": loadertime.measure(cfg, train_set, steps, repeats),
     }
 
 
@@ -215,4 +217,5 @@ def table(result: dict) -> str:
     lines.append(f"GFLOP/s {r['gflops']:.1f} (GEMMs alone {r['gemm_gflops']:.1f}); peak RSS "
                  f"{r['peak_rss_mb']:.0f} MB; gradients {check} (max relative difference "
                  f"{r['gradient_max_relative_difference']:.1e}, tolerance {r['gradient_tolerance']:.0e})")
+    lines += loadertime.lines(r["loader"])
     return "\n".join(lines)
