@@ -173,3 +173,17 @@ def test_uint8_pixels_are_scaled_before_the_statistics():
     dataset.gather(np.arange(3), X, Y)
     expected = (x / 255 - [0.2, 1.0]) / [np.std([0, 0.2, 0.4]), 1.0]
     assert np.allclose(X, expected, atol=1e-6)
+
+
+def test_loader_share_is_measured_with_and_without_prefetch(tiny_config):
+    from mbtrain import loadertime
+    from mbtrain.config import load_config
+    from mbtrain.train import load_splits
+    cfg = load_config(tiny_config, ["train.threads=1"])
+    result = loadertime.measure(cfg, load_splits(cfg)[0], steps=5, repeats=2)
+    assert set(result) == {"off", "on"}
+    for v in result.values():
+        assert 0 < v["loader_ms"] <= v["step_ms"]
+        assert v["loader_share"] == pytest.approx(v["loader_ms"] / v["step_ms"])
+    text = loadertime.lines(result)
+    assert text[0].startswith("loader    prefetch off: step") and "% of the step" in text[1]
