@@ -280,13 +280,20 @@ def test_config_exits_2_on_a_bad_config(tiny_config, capsys, override, needle):
 
 def test_every_command_has_help_text():
     import typer
-    group = typer.main.get_command(app)
-    assert len(group.commands) >= 5
-    for name, command in group.commands.items():
-        assert (command.help or "").strip(), f"mbtrain {name} has no help text"
-        result = CliRunner().invoke(app, [name, "--help"])
-        assert result.exit_code == 0, name
-        assert name in result.output
+
+    def leaves(group, path):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):                   # a group such as `mbtrain data`
+                yield from leaves(command, path + [name])
+            yield path + [name], command
+
+    commands = list(leaves(typer.main.get_command(app), []))
+    assert len(commands) >= 5
+    for path, command in commands:
+        assert (command.help or "").strip(), f"mbtrain {' '.join(path)} has no help text"
+        result = CliRunner().invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert "Usage" in result.output and path[-1] in result.output
 
 
 def test_exit_codes_are_documented_in_help_and_readme():
@@ -329,6 +336,6 @@ def test_no_color_removes_every_escape_sequence():
     coloured = _pty_output(["--help"], {})
     if b"\x1b[" not in coloured:
         pytest.skip("help is not styled on this terminal, nothing to remove")
-    for args in (["--help"], ["fit", "--help"], ["compare", "--help"]):
+    for args in (["--help"], ["fit", "--help"], ["compare", "--help"], ["data", "info", "--help"]):
         plain = _pty_output(args, {"NO_COLOR": "1"})
         assert b"Usage" in plain and b"\x1b[" not in plain, plain[:200]
