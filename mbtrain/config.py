@@ -59,7 +59,8 @@ class DataConfig:
     buffer_rows: int = option(65536, "rows shuffled together for data.shuffle = blocks (whole blocks)",
                               min=1, max=2**40)
     prefetch: str = option("auto", "prepare the next batch in a background thread while the current one "
-                                   "trains: auto = on when the machine has more than one CPU",
+                                   "trains: auto = on for memory-mapped training data when the process may use "
+                                   "more than one CPU",
                            choices=("auto", "on", "off"), kind="switch")
     check: bool = option(True, "scan every value before step 1 (labels in range, no NaN/Inf); false "
                                "skips the scan for trusted data (shapes and dtypes are always checked)")

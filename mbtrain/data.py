@@ -46,6 +46,11 @@ class Dataset:
         # batches of a memory-mapped file are read with pread, so they never map the file
         self._x_rows, self._y_rows = streaming.RowReader.for_array(self.x), streaming.RowReader.for_array(self.y)
 
+    @property
+    def file_backed(self) -> bool:
+        """True when batches are read from a file (memory-mapped .npy or raw IDX), not from memory."""
+        return self._x_rows is not None
+
     def __len__(self) -> int:
         return self.stop - self.start
 

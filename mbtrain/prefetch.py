@@ -19,10 +19,18 @@ DEPTH = 2
 _DONE = object()
 
 
-def enabled(setting: str) -> bool:
-    """data.prefetch: on, off, or auto = on when this process may run on more than one CPU."""
+def enabled(setting: str, file_backed: bool) -> bool:
+    """data.prefetch: on, off, or auto = on for file-backed (memory-mapped) training data when this
+    process may run on more than one CPU.
+
+    Reading rows from a file can wait on the disk, with the GIL released, so overlapping it with
+    the step pays; gathering from an array already in memory is a short copy, and a second
+    thread contending for the GIL measured no faster (README, Data at scale).
+    """
     if setting in ("on", "off"):
         return setting == "on"
+    if not file_backed:
+        return False
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:                          # not Linux

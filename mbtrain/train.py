@@ -56,7 +56,7 @@ def make_batches(cfg: Config, train_set: data.Dataset, prefetch_setting: str | N
     d, t = cfg.data, cfg.train
     return data.Batches(train_set, t.batch_size, d.drop_last, t.dtype, cfg.model.layers[-1], cfg.seed,
                         d.shuffle, d.block_rows, d.buffer_rows,
-                        prefetch.enabled(prefetch_setting or d.prefetch))
+                        prefetch.enabled(prefetch_setting or d.prefetch, train_set.file_backed))
 
 
 def evaluate(model: MLP, dataset: data.Dataset, batch_size: int) -> dict:

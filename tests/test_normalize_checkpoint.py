@@ -71,3 +71,31 @@ def test_prefetch_and_shuffles_train_bit_identical_weights(tiny_config, tmp_path
                       "data.block_rows=8", "data.buffer_rows=24")
         for a, b in zip(checkpoint.load(on).params, checkpoint.load(off).params):
             assert np.array_equal(a, b)
+
+
+def test_sigkill_mid_epoch_then_resume_with_prefetch_is_bit_identical(tmp_path):
+    """Memory-mapped data (so data.prefetch: auto means on), standardize, blocks shuffle, killed mid-epoch."""
+    import yaml
+    from conftest import make_blobs
+    from killing import kill_at_pause
+    x, y = make_blobs(240, 8, 3, seed=6)
+    os.makedirs(tmp_path / "npy")
+    np.save(tmp_path / "npy" / "x.npy", x)
+    np.save(tmp_path / "npy" / "y.npy", y)
+    cfg = {"seed": 2, "data": {"train": str(tmp_path / "npy"), "validation": 40, "shuffle": "blocks",
+                               "block_rows": 16, "buffer_rows": 48, "normalize": "standardize"},
+           "model": {"layers": [8, 12, 3], "activation": "tanh"},
+           "train": {"epochs": 2, "batch_size": 16, "lr": 0.3, "momentum": 0.9},
+           "checkpoint": {"every_steps": 4}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ref, run = str(tmp_path / "ref"), str(tmp_path / "run")
+    assert mbtrain("fit", str(path), "--out", ref, "--quiet").returncode == 0
+    kill_at_pause("fit", str(path), "--out", run, "--quiet", pause_at="step:19")   # epoch 2, step 6
+    resumed = mbtrain("fit", "--resume", os.path.join(run, "checkpoints", "last.npz"), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = (npz_arrays(os.path.join(d, "checkpoints", "last.npz")) for d in (run, ref))
+    assert sorted(got) == sorted(want) and "norm.shift" in want
+    for key in want:
+        if key not in ("meta", "config"):
+            assert np.array_equal(got[key], want[key]), key
