@@ -121,8 +121,10 @@ def _print_summary(summary: dict) -> None:
     line = f"done: {summary['epochs']} epochs, {summary['train_seconds']:.1f}s training"
     if best.get("val_acc") is not None:
         line += f", best val_acc {best['val_acc']:.4f} (epoch {best['epoch']})"
-    if "test" in summary:
+    if summary.get("test", {}).get("acc") is not None:
         line += f", test_acc {summary['test']['acc']:.4f}"
+    elif "test" in summary:
+        line += f", test_loss {summary['test']['loss']:.4f}"
     print(line, file=sys.stderr)
 
 
@@ -157,6 +159,10 @@ def eval_(
         return
     print(f"data      {dataset.name} ({result['n']} samples)")
     print(f"loss      {result['loss']:.4f}")
+    if "r2" in result:                                     # regression: loss is the MSE
+        print(f"mae       {result['mae']:.4f}")
+        print(f"r2        {result['r2']:.4f}" if result["r2"] is not None else "r2        -")
+        return
     print(f"accuracy  {result['acc']:.4f}")
     print("per class " + "  ".join(f"{i}:{a:.4f}" if a is not None else f"{i}:-"
                                    for i, a in enumerate(result["per_class_acc"])))

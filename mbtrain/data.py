@@ -103,14 +103,18 @@ def targets(y: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def load(source, layers: list[int], role: str, options=None, normalization=None) -> Dataset:
+def load(source, layers: list[int], role: str, options=None, normalization=None,
+         regression: bool = False) -> Dataset:
     """A checked Dataset for `source`, fitting a network with these layer sizes.
 
     options: the config's data section (CSV columns, data.check); normalization: the
-    transform to apply to every batch (from the training split or a checkpoint).
+    transform to apply to every batch (from the training split or a checkpoint);
+    regression: y holds target values, not class labels, and a 1-D y becomes one column (N, 1).
     """
     csv_label, csv_header = (options.csv_label, options.csv_header) if options else (0, "auto")
     x, y, name = read_source(source, csv_label=csv_label, csv_header=csv_header)
+    if regression and y.ndim == 1:
+        y = y.reshape(-1, 1)
     check(x, y, name, layers, role, scan=options.check if options else True)
     dataset = Dataset(x, y, name)
     dataset.normalization = normalization
@@ -123,7 +127,8 @@ def load_for_checkpoint(ckpt, source, role: str = "evaluation") -> Dataset:
     eval and predict call this, so they see exactly the transform the network was trained with.
     """
     cfg = ckpt.config
-    return load(source, cfg.model.layers, role, cfg.data, getattr(ckpt, "normalization", None))
+    return load(source, cfg.model.layers, role, cfg.data, getattr(ckpt, "normalization", None),
+                regression=cfg.model.output == "identity_mse")
 
 
 class Batches:

@@ -2,8 +2,10 @@
 
 The loss is the mean over the K samples of the per-sample cost, so dZ_out carries 1/K:
 softmax + cross-entropy gives (P - Y) / K; sigmoid + cross-entropy gives (A - Y) / K;
-sigmoid + quadratic (Nielsen's C = 1/2 ||a - y||^2) gives (A - Y) * sigma'(Z) / K.
-Z, Y and dZ are (K, m).
+sigmoid + quadratic (Nielsen's C = 1/2 ||a - y||^2) gives (A - Y) * sigma'(Z) / K;
+identity + mean squared error (C = 1/m ||z - y||^2, the mean over the m outputs) gives
+2 (Z - Y) / (K m). Sigmoid + cross-entropy is also the multi-label loss: Y (K, m) of 0/1,
+each output an independent yes/no. Z, Y and dZ are (K, m).
 
     mbtrain fit configs/nielsen-ch1.yaml     # model.output: sigmoid_quadratic
 """
@@ -89,10 +91,31 @@ def sigmoid_quadratic(Z, Y, dZ=None):
     return loss, dZ
 
 
+def mse_samples(Z, Y):
+    diff = Z - Y
+    return (diff * diff).mean(axis=1)
+
+
+def identity_mse(Z, Y, dZ=None):
+    K, m = Z.shape
+    dZ = np.subtract(Z, Y, out=dZ)                             # Z - Y
+    loss = float((dZ * dZ).sum()) / (K * m)
+    dZ *= Z.dtype.type(2.0 / (K * m))                          # 2 (Z - Y) / (K m)
+    return loss, dZ
+
+
+def identity(Z, out=None):
+    if out is None:
+        return Z.copy()
+    np.copyto(out, Z)
+    return out
+
+
 OUTPUTS: dict[str, Output] = {
     "softmax_cross_entropy": Output(softmax, softmax_cross_entropy, softmax_cross_entropy_samples),
     "sigmoid_cross_entropy": Output(sigmoid, sigmoid_cross_entropy, sigmoid_cross_entropy_samples),
     "sigmoid_quadratic": Output(sigmoid, sigmoid_quadratic, sigmoid_quadratic_samples),
+    "identity_mse": Output(identity, identity_mse, mse_samples),
 }
 
 

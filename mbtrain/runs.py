@@ -35,7 +35,8 @@ STATUS_FILE = "status"
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 # files that mark a directory as an mbtrain run (what --overwrite is allowed to empty)
 RUN_MARKERS = (STATUS_FILE, "run.json", "config.yaml", "metrics.csv")
-METRICS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+METRICS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+           "val_mae", "val_r2"]                 # the last two for regression (model.output = identity_mse)
 
 
 def default_dir(config_path: str | None, root: str = "runs") -> str:

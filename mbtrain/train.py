@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mbtrain import (blas, checkpoint, data, dropout, guard, monitor, normalize, optim, prefetch, runs,
-                     schedules, testhook)
+                     schedules, tasks, testhook)
 from mbtrain.config import Config
 from mbtrain.errors import CheckpointError, DataError, Diverged, Interrupted
 from mbtrain.model import MLP, init_params
@@ -40,9 +40,10 @@ def load_splits(cfg: Config, norm: normalize.Normalization | None = None):
     fitted on the training split in one streaming pass.
     """
     layers, d = cfg.model.layers, cfg.data
-    full = data.load(d.train, layers, "training", d)
+    regression = cfg.model.output == "identity_mse"
+    full = data.load(d.train, layers, "training", d, regression=regression)
     train, val = full.split(d.validation)
-    test = data.load(d.test, layers, "test", d) if d.test is not None else None
+    test = data.load(d.test, layers, "test", d, regression=regression) if d.test is not None else None
     if norm is None:
         norm = normalize.fit(train.x, train.start, train.stop, d.normalize, train.scale)
     for dataset in (train, val, test):
@@ -60,8 +61,16 @@ def make_batches(cfg: Config, train_set: data.Dataset, prefetch_setting: str | N
 
 
 def evaluate(model: MLP, dataset: data.Dataset, batch_size: int) -> dict:
-    """Mean loss, accuracy and per-class accuracy of `model` on `dataset`, in large batches."""
+    """Mean loss, accuracy and per-class accuracy of `model` on `dataset`, in large batches.
+
+    Multi-label and regression models get their own metrics (mbtrain.metrics).
+    """
     classes = model.layers[-1]
+    task = tasks.task_of(model.output_name, dataset.y, classes)
+    if task == "regression":
+        return tasks.evaluate_regression(model, dataset, batch_size)
+    if task == "multilabel":
+        return tasks.evaluate_multilabel(model, dataset, batch_size)
     total_loss, correct, n = 0.0, 0, 0
     class_total = np.zeros(classes, np.int64)
     class_correct = np.zeros(classes, np.int64)
@@ -131,6 +140,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
         _check_optimizer_state(resume, opt)
         opt.load_state(resume.optimizer)
         state.update({k: resume.meta[k] for k in state if k in resume.meta})
+    task = tasks.task_of(cfg.model.output, train_set.y, cfg.model.layers[-1])
     batches = make_batches(cfg, train_set)
     steps = batches.steps_per_epoch()
     if steps == 0:
@@ -174,7 +184,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
                 # update
                 opt.step(model.grads)
                 state["loss_sum"] += loss * len(X)
-                state["correct"] += int((_labels(Z, True) == _labels(Y, False)).sum())
+                state["correct"] += tasks.count_correct(Z, Y, task)
                 state["seen"] += len(X)
                 state["step"] += 1
                 state["epoch_step"] += 1
@@ -192,7 +202,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
                     raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state['epoch_step']}; "
                                       f"checkpoint saved to {os.path.join(ckpt_dir, 'last.npz')}")
             bar.close()
-            row = _end_epoch(model, state, epoch, lr_epoch, val_set, t.eval_batch_size)
+            row = _end_epoch(model, state, epoch, lr_epoch, val_set, t.eval_batch_size, task)
             state["seconds"] += time.perf_counter() - epoch_start
             row["seconds"] = round(time.perf_counter() - epoch_start, 3)
             improved = monitor.end_epoch(state, row, t)
@@ -231,13 +241,15 @@ def _check_optimizer_state(resume, opt) -> None:
                               f"match the configured optimizer ({sorted(expected) or 'none'})")
 
 
-def _end_epoch(model, state, epoch, lr, val_set, eval_batch_size) -> dict:
+def _end_epoch(model, state, epoch, lr, val_set, eval_batch_size, task) -> dict:
     """The epoch's metrics row; resets the running sums for the next epoch."""
     row = {"epoch": epoch + 1, "step": state["step"], "train_loss": state["loss_sum"] / state["seen"],
-           "train_acc": state["correct"] / state["seen"], "lr": lr}
+           "train_acc": state["correct"] / state["seen"] if task != "regression" else None, "lr": lr}
     if val_set is not None:
         v = evaluate(model, val_set, eval_batch_size)
-        row["val_loss"], row["val_acc"] = v["loss"], v["acc"]
+        row["val_loss"], row["val_acc"] = v["loss"], v.get("acc")
+        if task == "regression":
+            row["val_mae"], row["val_r2"] = v["mae"], v["r2"]
     state.update(epoch=epoch + 1, epoch_step=0, loss_sum=0.0, correct=0, seen=0)
     return row
 
@@ -251,10 +263,10 @@ def _restore_best(model: MLP, ckpt_dir: str) -> None:
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}",
-             f"train_acc {row['train_acc']:.4f}"]
-    if "val_loss" in row:
-        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_acc']:.4f}"]
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_mae", "val_r2"):
+        if row.get(key) is not None:
+            parts.append(f"{key} {row[key]:.4f}")
     parts += [f"lr {row['lr']:.4g}", f"time {row['seconds']:.1f}s"]
     return " ".join(parts)
 
@@ -273,13 +285,14 @@ def _summary(cfg, run_dir, model, state, rows, test_set, ckpt_dir, wall) -> dict
     }
     if test_set is not None:
         t = evaluate(model, test_set, cfg.train.eval_batch_size)
-        summary["test"] = {"loss": t["loss"], "acc": t["acc"], "n": t["n"]}
+        summary["test"] = {"loss": t["loss"], "acc": t.get("acc"), "n": t["n"],
+                           **{k: t[k] for k in ("mae", "r2") if k in t}}
         best_path = os.path.join(ckpt_dir, "best.npz")
         if os.path.exists(best_path):
             b = checkpoint.load(best_path)
             bt = evaluate(MLP(b.params, cfg.model.activation, cfg.model.output), test_set,
                           cfg.train.eval_batch_size)
-            summary["best"]["test_loss"], summary["best"]["test_acc"] = bt["loss"], bt["acc"]
+            summary["best"]["test_loss"], summary["best"]["test_acc"] = bt["loss"], bt.get("acc")
     summary["wall_seconds"] = round(wall, 3)
     runs.write_json(run_dir, "summary.json", summary)
     return summary

@@ -1,0 +1,65 @@
+"""Every output+loss pair: the loss against its textbook formula, dZ against finite differences."""
+
+import numpy as np
+import pytest
+
+from mbtrain import losses
+
+
+def _targets(output, rng, K, m):
+    if output == "identity_mse":
+        return rng.standard_normal((K, m))
+    if output == "softmax_cross_entropy":
+        return np.eye(m)[rng.integers(0, m, K)]
+    return (rng.random((K, m)) < 0.4).astype(np.float64)       # multi-label 0/1 rows
+
+
+def _by_formula(output, Z, Y):
+    """The mean over samples of each per-sample cost, written out with explicit exp/log."""
+    if output == "softmax_cross_entropy":
+        P = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
+        return np.mean(-np.sum(Y * np.log(P), axis=1))
+    A = 1 / (1 + np.exp(-Z))
+    if output == "sigmoid_cross_entropy":
+        return np.mean(-np.sum(Y * np.log(A) + (1 - Y) * np.log(1 - A), axis=1))
+    if output == "sigmoid_quadratic":
+        return np.mean(0.5 * np.sum((A - Y) ** 2, axis=1))
+    return np.mean((Z - Y) ** 2)                                # identity_mse: mean over K and m
+
+
+@pytest.mark.parametrize("output", list(losses.OUTPUTS))
+def test_loss_matches_formula_and_delta_matches_finite_differences(output):
+    rng = np.random.default_rng(4)
+    K, m = 5, 4
+    Z = rng.standard_normal((K, m)) * 2
+    Y = _targets(output, rng, K, m)
+    out = losses.get(output)
+    loss, dZ = out.loss_and_delta(Z.copy(), Y)
+    assert loss == pytest.approx(_by_formula(output, Z, Y), rel=1e-12)
+    assert out.loss(Z, Y).mean() == pytest.approx(loss, rel=1e-12)
+    h = 1e-6
+    numeric = np.zeros_like(Z)
+    for i in np.ndindex(Z.shape):
+        plus, minus = Z.copy(), Z.copy()
+        plus[i] += h
+        minus[i] -= h
+        numeric[i] = (_by_formula(output, plus, Y) - _by_formula(output, minus, Y)) / (2 * h)
+    np.testing.assert_allclose(dZ, numeric, rtol=1e-6, atol=1e-10)
+
+
+def test_mse_delta_is_two_residuals_over_K_m_and_keeps_float32():
+    Z = np.array([[1.0, 2.0], [0.0, -1.0]], np.float32)
+    Y = np.array([[0.5, 2.0], [1.0, 1.0]], np.float32)
+    loss, dZ = losses.identity_mse(Z.copy(), Y)
+    assert loss == pytest.approx((0.25 + 0 + 1 + 4) / 4)
+    assert dZ.dtype == np.float32
+    np.testing.assert_allclose(dZ, 2 * (Z - Y) / 4)
+    np.testing.assert_array_equal(losses.get("identity_mse").predict(Z), Z)
+
+
+def test_multilabel_sigmoid_cross_entropy_is_stable_for_huge_logits():
+    Z = np.array([[800.0, -800.0, 0.0]])
+    Y = np.array([[1.0, 0.0, 1.0]])
+    loss, dZ = losses.sigmoid_cross_entropy(Z.copy(), Y)
+    assert loss == pytest.approx(np.log(2))
+    np.testing.assert_allclose(dZ, [[0.0, 0.0, -0.5]])
