@@ -35,8 +35,8 @@ STATUS_FILE = "status"
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 # files that mark a directory as an mbtrain run (what --overwrite is allowed to empty)
 RUN_MARKERS = (STATUS_FILE, "run.json", "config.yaml", "metrics.csv")
-METRICS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
-           "val_mae", "val_r2"]                 # the last two for regression (model.output = identity_mse)
+METRICS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+REGRESSION_METRICS = ["val_mae", "val_r2"]      # added for model.output = identity_mse
 
 
 def default_dir(config_path: str | None, root: str = "runs") -> str:
@@ -251,8 +251,9 @@ def write_json(run_dir: str, name: str, obj) -> None:
 class MetricsLog:
     """metrics.csv: a header and one row per completed epoch, rewritten atomically each epoch."""
 
-    def __init__(self, run_dir: str, completed_epochs: int = 0):
+    def __init__(self, run_dir: str, completed_epochs: int = 0, columns: list[str] = METRICS):
         self.path = os.path.join(run_dir, "metrics.csv")
+        self.columns = columns
         self.rows: list[dict] = []
         if completed_epochs and os.path.exists(self.path):
             with open(self.path, newline="") as f:
@@ -260,9 +261,9 @@ class MetricsLog:
                 self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= completed_epochs]
 
     def append(self, row: dict) -> None:
-        self.rows.append({k: _fmt(row.get(k)) for k in METRICS})
+        self.rows.append({k: _fmt(row.get(k)) for k in self.columns})
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRICS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         write_atomic(self.path, buf.getvalue().encode())

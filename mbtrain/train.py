@@ -146,7 +146,8 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
     if steps == 0:
         raise DataError(f"{train_set.name}: {len(train_set)} training samples make no full batch of "
                         f"train.batch_size = {t.batch_size} with data.drop_last = true")
-    metrics = runs.MetricsLog(run_dir, state["epoch"])
+    columns = runs.METRICS + (runs.REGRESSION_METRICS if task == "regression" else [])
+    metrics = runs.MetricsLog(run_dir, state["epoch"], columns)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     for folder in (run_dir, ckpt_dir):              # temp files left by a write that was SIGKILLed
         checkpoint.remove_stale_temp(folder)
