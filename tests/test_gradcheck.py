@@ -49,6 +49,13 @@ def test_passes_for_every_activation_and_loss(activation, output):
             assert p.comparisons["vectorized_vs_loop"].entries == int(np.prod(p.shape))
 
 
+def test_every_name_the_config_allows_is_covered():
+    """The parametrized test above runs every registry entry; the config may name nothing else."""
+    from mbtrain import config
+    assert set(config.ACTIVATIONS) == set(activations.ACTIVATIONS)
+    assert set(config.OUTPUTS) == set(losses.OUTPUTS)
+
+
 def failing(report) -> set[tuple[int, str, str]]:
     return {(p.layer, p.name, kind) for p in report.params for kind, c in p.comparisons.items() if not c.passed}
 
@@ -192,6 +199,18 @@ def test_cli_dropout_uses_one_fixed_mask(tiny_config):
     assert plain["dropout_kept"] is None and 0.2 < dropped["dropout_kept"] < 0.8
     assert dropped["loss"] != plain["loss"]                               # the mask is in the loss
     assert "dropout  0.5 on hidden layers" in runner.invoke(app, args[:2] + ["--set", "model.dropout=0.5"]).output
+
+
+def test_cli_regression_identity_mse(tmp_path):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((50, 4)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x=x, y=np.stack([x.sum(1), x[:, 0] * x[:, 1]], axis=1))
+    cfg = {"data": {"train": str(tmp_path / "reg.npz"), "validation": 0},
+           "model": {"layers": [4, 5, 2], "activation": "leaky_relu", "output": "identity_mse"}}
+    (tmp_path / "reg.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["gradcheck", str(tmp_path / "reg.yaml"), "--samples", "6"])
+    assert result.exit_code == 0, result.output
+    assert "identity_mse" in result.output and "PASS: all 4 arrays" in result.output
 
 
 def test_cli_exits_1_on_a_broken_gradient(tiny_config, monkeypatch):
