@@ -114,6 +114,9 @@ def _check_same_model(cfg, ckpt, path) -> None:
     if cfg.model.layers != ckpt.config.model.layers or cfg.train.dtype != ckpt.config.train.dtype:
         raise CheckpointError(f"{path}: holds a {ckpt.config.model.layers} {ckpt.config.train.dtype} network, "
                               f"the config asks for {cfg.model.layers} {cfg.train.dtype}")
+    if cfg.data.normalize != ckpt.config.data.normalize:     # the weights were fitted to that transform
+        raise CheckpointError(f"{path}: was trained with data.normalize = {ckpt.config.data.normalize}, "
+                              f"the config asks for {cfg.data.normalize}; resume with the same value")
 
 
 def _print_summary(summary: dict) -> None:
@@ -328,6 +331,8 @@ def data_convert(
     header: HeaderOption = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="CSV: feature dtype of x.npy (float32, float64, "
                                        "uint8, ...).")] = "float32",
+    label_dtype: Annotated[str, typer.Option("--label-dtype", help="CSV: dtype of y.npy: int64 for class "
+                                             "labels, float32/float64 for regression targets.")] = "int64",
     json_: JsonOption = False,
 ):
     """Stream a CSV, IDX or .npz source into x.npy and y.npy, which training memory-maps."""
@@ -335,12 +340,13 @@ def data_convert(
 
     from mbtrain import convert
 
-    try:
-        if np.dtype(dtype).kind not in "uif":
-            raise TypeError
-    except TypeError:
-        raise UsageError(f"--dtype {dtype!r}: expected a numeric dtype such as float32") from None
-    result = convert.convert(source, out_dir, labels, _column(label), _csv_header(header), dtype)
+    for option, value in (("--dtype", dtype), ("--label-dtype", label_dtype)):
+        try:
+            if np.dtype(value).kind not in "uif":
+                raise TypeError
+        except TypeError:
+            raise UsageError(f"{option} {value!r}: expected a numeric dtype such as float32") from None
+    result = convert.convert(source, out_dir, labels, _column(label), _csv_header(header), dtype, label_dtype)
     if json_:
         print(json.dumps(result))
     else:

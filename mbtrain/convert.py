@@ -56,11 +56,12 @@ class NpyWriter:
 
 
 def convert(source: str, out_dir: str, labels: str | None = None, csv_label=0, csv_header: str = "auto",
-            dtype: str = "float32") -> dict:
+            dtype: str = "float32", label_dtype: str = "int64") -> dict:
     """Convert `source` into out_dir/x.npy and out_dir/y.npy; returns what was written.
 
     labels: the IDX labels file when it is not beside the images; dtype: the feature dtype
-    for CSV input (IDX and .npz keep their stored dtype, in native byte order).
+    for CSV input (IDX and .npz keep their stored dtype, in native byte order); label_dtype:
+    the CSV label dtype, int64 for class labels or a float dtype for regression targets.
     """
     readers._must_be_file(source)
     try:
@@ -73,8 +74,8 @@ def convert(source: str, out_dir: str, labels: str | None = None, csv_label=0, c
     if readers.is_csv(source):
         table = CsvTable(source, csv_label, csv_header)
         n = table.count()                              # a first streaming pass: the row count
-        x_spec, y_spec = (np.dtype(dtype), (n, len(table.features))), (np.dtype(np.int64), (n,))
-        pairs = table.blocks()                         # x and y blocks come together
+        x_spec, y_spec = (np.dtype(dtype), (n, len(table.features))), (np.dtype(label_dtype), (n,))
+        pairs = table.blocks(class_labels=y_spec[0].kind != "f")     # x and y blocks come together
     else:
         if source.endswith(".npz") or _head(source, 4) == b"PK\x03\x04":
             x_stream, y_stream = _npz_stream(source, "x"), _npz_stream(source, "y")

@@ -85,8 +85,12 @@ class CsvTable:
         """Sample lines in the file (one streaming pass)."""
         return sum(1 for _ in self.lines())
 
-    def blocks(self, rows: int = BLOCK_ROWS):
-        """Yield (x (r, features) float64, y (r,) int64) for successive blocks of sample lines."""
+    def blocks(self, rows: int = BLOCK_ROWS, class_labels: bool = True):
+        """Yield (x (r, features) float64, y (r,)) for successive blocks of sample lines.
+
+        class_labels: y must hold whole numbers and comes as int64; otherwise any finite
+        number, as float64 (regression targets).
+        """
         lines = self.lines()
         while True:
             block = list(itertools.islice(lines, rows))
@@ -94,11 +98,12 @@ class CsvTable:
                 return
             table = self._parse(block)                                   # (r, columns)
             y = table[:, self.label]
-            bad = np.flatnonzero(~np.isfinite(y) | (np.mod(y, 1) != 0))
+            bad = np.flatnonzero(~np.isfinite(y) | ((np.mod(y, 1) != 0) if class_labels else False))
             if len(bad):
+                expected = "a whole class number" if class_labels else "a finite number"
                 raise DataError(f"{self.path}: line {block[bad[0]][0]}, column {self.label + 1}: label "
-                                f"{y[bad[0]].item()!r} is not a whole class number")
-            yield table[:, self.features], y.astype(np.int64)
+                                f"{y[bad[0]].item()!r} is not {expected}")
+            yield table[:, self.features], y.astype(np.int64) if class_labels else y.copy()
 
     def _parse(self, block: list) -> np.ndarray:
         try:
@@ -118,12 +123,17 @@ class CsvTable:
 
 
 def read_csv(path: str, label=0, header: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """x (N, features) float32 and y (N,) int64 of a whole CSV file, read block by block."""
+    """x (N, features) float32 and y (N,) of a whole CSV file, read block by block.
+
+    y is int64 when every label is a whole number, else float64 (regression targets; a
+    classifier's data check then names the first fractional label).
+    """
     table = CsvTable(path, label, header)
     xs, ys = [], []
-    for x, y in table.blocks():
+    for x, y in table.blocks(class_labels=False):
         xs.append(x.astype(np.float32))
         ys.append(y)
     if not xs:
         raise DataError(f"{path}: CSV file has a header but no sample lines")
-    return np.concatenate(xs), np.concatenate(ys)
+    y = np.concatenate(ys)
+    return np.concatenate(xs), y.astype(np.int64) if np.all(np.mod(y, 1) == 0) else y

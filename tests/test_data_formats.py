@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ROOT, make_blobs
 from killing import mbtrain
-from mbtrain import convert, csvfile, datainfo, readers
+from mbtrain import convert, csvfile, data, datainfo, readers
+from mbtrain.config import load_config
 from mbtrain.errors import DataError
 
 MNIST_TEST = os.path.join(ROOT, "data", "mnist", "t10k-images-idx3-ubyte.gz")
@@ -71,8 +72,14 @@ def test_csv_errors_name_line_and_column(tmp_path, blobs):
         readers.read_source(str(path), csv_label=9)
     lines[7] = "0.1,0.2,1.5,0.3,0.4"
     path.write_text("\n".join(lines))
+    gx, gy, _ = readers.read_source(str(path), csv_label="label")     # a regression target is fine here
+    assert gy.dtype == np.float64 and gy[6] == 1.5
+    with pytest.raises(DataError, match=r"label y\[6\] = 1.5 is not a whole class number"):
+        data.load(str(path), [4, 3], "training", load_config(None, ["data.csv_label=label"]).data)
     with pytest.raises(DataError, match=r"line 8, column 3: label 1.5 is not a whole class number"):
-        readers.read_source(str(path), csv_label="label")
+        convert.convert(str(path), str(tmp_path / "out"), csv_label="label")
+    convert.convert(str(path), str(tmp_path / "reg"), csv_label="label", label_dtype="float32")
+    assert np.load(tmp_path / "reg" / "y.npy")[6] == np.float32(1.5)
 
 
 def _npy_pair(folder):

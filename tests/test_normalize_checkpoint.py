@@ -99,3 +99,11 @@ def test_sigkill_mid_epoch_then_resume_with_prefetch_is_bit_identical(tmp_path):
     for key in want:
         if key not in ("meta", "config"):
             assert np.array_equal(got[key], want[key]), key
+
+
+def test_resume_refuses_a_different_normalize(tiny_config, tmp_path):
+    _, last = _fit(tiny_config, tmp_path, "std", "data.normalize=standardize")
+    r = mbtrain("fit", "--resume", last, "--set", "data.normalize=none", "--set", "train.epochs=3", "--quiet")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"error: {last}: was trained with data.normalize = standardize, the config "
+                                f"asks for none; resume with the same value")
