@@ -35,6 +35,8 @@ def check_shapes(x: np.ndarray, y: np.ndarray, name: str, layers: list[int], rol
                             f"floating dtype")
     if x.ndim < 1 or len(x) == 0:
         raise DataError(f"{name}: {role} data is empty (0 samples)")
+    if y.ndim < 1:
+        raise DataError(f"{name}: y is a single value (shape ()), expected one label per sample")
     if len(x) != len(y):
         raise DataError(f"{name}: x has {len(x)} samples but y has {len(y)}; expected one label per sample")
     width = int(np.prod(x.shape[1:], dtype=np.int64))
