@@ -22,26 +22,50 @@ from killing import kill_at_pause, mbtrain, metrics_rows, npz_arrays
 STEPS_PER_EPOCH = 13
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """(config path, reference run dir): the config and its uninterrupted run."""
-    root = tmp_path_factory.mktemp("resume")
-    x, y = make_blobs(240, 8, 3, seed=5)
-    np.savez(root / "train.npz", x=x, y=y)
-    cfg = {
-        "seed": 11,
-        "data": {"train": str(root / "train.npz"), "validation": 40},
-        "model": {"layers": [8, 12, 3], "activation": "tanh"},
-        "train": {"epochs": 3, "batch_size": 16, "lr": 0.3, "momentum": 0.9, "nesterov": True,
-                  "weight_decay": 1e-4, "schedule": "cosine", "clip_norm": 1.0},
-        "checkpoint": {"every_steps": 5},
-    }
+def reference_run(root, cfg: dict):
+    """(config path, reference run dir): write the config and make its uninterrupted run."""
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     ref = root / "reference"
     r = mbtrain("fit", str(path), "--out", str(ref), "--quiet")
     assert r.returncode == 0, r.stderr
     return str(path), str(ref)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(config path, reference run dir): the config and its uninterrupted run."""
+    root = tmp_path_factory.mktemp("resume")
+    x, y = make_blobs(240, 8, 3, seed=5)
+    np.savez(root / "train.npz", x=x, y=y)
+    return reference_run(root, {
+        "seed": 11,
+        "data": {"train": str(root / "train.npz"), "validation": 40},
+        "model": {"layers": [8, 12, 3], "activation": "tanh"},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 0.3, "momentum": 0.9, "nesterov": True,
+                  "weight_decay": 1e-4, "schedule": "cosine", "clip_norm": 1.0},
+        "checkpoint": {"every_steps": 5},
+    })
+
+
+@pytest.fixture(scope="module")
+def setup_stateful(tmp_path_factory):
+    """A run whose continuation needs more state: Adam moments, dropout masks, standardization,
+    block shuffling, reduce-on-plateau's lr scale and early stopping's counters."""
+    root = tmp_path_factory.mktemp("resume_stateful")
+    x, y = make_blobs(240, 8, 3, seed=6)
+    y[::7] = (y[::7] + 1) % 3                     # label noise, so validation loss stalls
+    np.savez(root / "train.npz", x=x, y=y)
+    return reference_run(root, {
+        "seed": 12,
+        "data": {"train": str(root / "train.npz"), "validation": 40, "shuffle": "blocks",
+                 "block_rows": 16, "buffer_rows": 64, "normalize": "standardize"},
+        "model": {"layers": [8, 16, 3], "activation": "relu", "dropout": 0.3},
+        "train": {"epochs": 12, "batch_size": 16, "lr": 0.05, "optimizer": "adam",
+                  "schedule": "plateau", "lr_plateau_patience": 0, "lr_decay_factor": 0.5,
+                  "early_stopping_patience": 3},
+        "checkpoint": {"every_steps": 4},
+    })
 
 
 def meta_of(path: str) -> dict:
@@ -63,7 +87,7 @@ def assert_same_run(run: str, ref: str) -> None:
         assert str(got["config"]) == str(want["config"])
         assert meta_of(os.path.join(run, "checkpoints", name)) == meta_of(os.path.join(ref, "checkpoints", name))
     rows, want_rows = metrics_rows(run), metrics_rows(ref)
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [r["epoch"] for r in rows] == [str(e) for e in range(1, len(want_rows) + 1)]
     assert rows == want_rows
     leftovers = [n for d in (run, os.path.join(run, "checkpoints")) for n in os.listdir(d) if n.endswith(".tmp")]
     assert leftovers == []
@@ -104,6 +128,19 @@ def test_killed_twice_then_resumed(setup, tmp_path):
     kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at="step:7")
     kill_at_pause("fit", "--resume", last, "--quiet", pause_at="write-data:last.npz:2")
     assert meta_of(last)["step"] == 10
+    r = mbtrain("fit", "--resume", last, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert_same_run(run, ref)
+
+
+@pytest.mark.parametrize("pause_at", ["step:30", "epoch:2", "write-synced:last.npz:9"])
+def test_stateful_run_resumes_bit_identical(setup_stateful, tmp_path, pause_at):
+    cfg, ref = setup_stateful
+    meta = meta_of(os.path.join(ref, "checkpoints", "last.npz"))
+    assert meta["lr_scale"] < 1.0                  # the plateau schedule did cut the lr
+    run = str(tmp_path / "run")
+    last = os.path.join(run, "checkpoints", "last.npz")
+    kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at=pause_at)
     r = mbtrain("fit", "--resume", last, "--quiet")
     assert r.returncode == 0, r.stderr
     assert_same_run(run, ref)
