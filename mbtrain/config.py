@@ -222,9 +222,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         problem = getattr(e, "problem", None) or "syntax error"
         if "python/" in problem:
             problem = "tags such as !!python/object are refused"
-        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {problem}") from None
+        raise ConfigError(f"--set {_name(key)}: value {value!r} is not valid YAML: {problem}") from None
     except (ValueError, TypeError, RecursionError) as e:
-        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {e}") from None
+        raise ConfigError(f"--set {_name(key)}: value {value!r} is not valid YAML: {e}") from None
     return parts, parsed
 
 
@@ -236,7 +236,7 @@ def apply_override(raw: dict, parts: list[str], value: Any) -> None:
         if child is None:
             child = node[p] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is not a section")
+            raise ConfigError(f"--set {_name('.'.join(parts))}: {_name('.'.join(parts[:i + 1]))} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -269,7 +269,7 @@ def build(cls, raw: dict, prefix: str, source: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            dotted = prefix + str(key)
+            dotted = prefix + _name(key)
             hint = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             did = f"; did you mean {prefix}{hint[0]}?" if hint else ""
             allowed = ", ".join(prefix + f for f in fields)
@@ -286,6 +286,12 @@ def build(cls, raw: dict, prefix: str, source: str):
         if name in raw:
             values[name] = check_value(raw[name], f, dotted, source)
     return cls(**values)
+
+
+def _name(key) -> str:
+    """A key as written in a message: quoted when it holds a newline or another control character."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
 
 
 def _show(value) -> str:
