@@ -64,13 +64,7 @@ def convert(source: str, out_dir: str, labels: str | None = None, csv_label=0, c
     the CSV label dtype, int64 for class labels or a float dtype for regression targets.
     """
     readers._must_be_file(source)
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{out_dir}: cannot create the output folder: {e.strerror or e}") from None
-    for name in ("x.npy", "y.npy"):
-        if os.path.exists(os.path.join(out_dir, name)):
-            raise DataError(f"{os.path.join(out_dir, name)}: already exists; convert into an empty folder")
+    _prepare(out_dir)
     if readers.is_csv(source):
         table = CsvTable(source, csv_label, csv_header)
         n = table.count()                              # a first streaming pass: the row count
@@ -87,6 +81,25 @@ def convert(source: str, out_dir: str, labels: str | None = None, csv_label=0, c
         raise DataError(f"{source}: {x_spec[1][0]} samples but {y_spec[1][0]} labels")
     if x_spec[1][0] == 0:
         raise DataError(f"{source}: holds no samples")
+    _write(out_dir, x_spec, y_spec, pairs)
+    return {"source": source, "out_dir": out_dir,
+            "x": {"shape": list(x_spec[1]), "dtype": x_spec[0].name},
+            "y": {"shape": list(y_spec[1]), "dtype": y_spec[0].name}}
+
+
+def _prepare(out_dir: str) -> None:
+    """Create out_dir; refuse one that already holds x.npy or y.npy."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out_dir}: cannot create the output folder: {e.strerror or e}") from None
+    for name in ("x.npy", "y.npy"):
+        if os.path.exists(os.path.join(out_dir, name)):
+            raise DataError(f"{os.path.join(out_dir, name)}: already exists; convert into an empty folder")
+
+
+def _write(out_dir: str, x_spec, y_spec, pairs) -> None:
+    """Write the (x block or None, y block or None) pairs; rename both files only when both are whole."""
     writers = []
     try:
         for name, spec in (("x.npy", x_spec), ("y.npy", y_spec)):
@@ -102,13 +115,10 @@ def convert(source: str, out_dir: str, labels: str | None = None, csv_label=0, c
             os.replace(writer.tmp, writer.path)
         fsync_dir(out_dir)
     except OSError as e:
-        raise DataError(f"{out_dir}: cannot write: {e.strerror or e}; nothing was written") from None
+        raise DataError(f"{out_dir}: cannot write: {e.strerror or e}") from None
     finally:
         for writer in writers:
             writer.discard()
-    return {"source": source, "out_dir": out_dir,
-            "x": {"shape": list(x_spec[1]), "dtype": x_spec[0].name},
-            "y": {"shape": list(y_spec[1]), "dtype": y_spec[0].name}}
 
 
 def _sequential(x_blocks, y_blocks):
