@@ -207,6 +207,29 @@ def gradcheck(
         raise typer.Exit(1)
 
 
+@app.command()
+def predict(
+    ckpt: Annotated[str, typer.Argument(help="Checkpoint .npz written by mbtrain fit.")],
+    input: Annotated[str, typer.Argument(help="Samples to predict: IDX images, .npy, .npz (array x), a folder "
+                                              "with x.npy, or CSV (features, optionally with the label column).")],
+    out: Annotated[Optional[str], typer.Option("--out", help="Write to FILE (.csv or .npy) instead of CSV "
+                                               "on stdout.")] = None,
+    proba: Annotated[bool, typer.Option("--proba", help="Also give each class's probability (p0, p1, ...).")] = False,
+):
+    """Predict the class (and with --proba the probabilities) of each sample of INPUT."""
+    from mbtrain import checkpoint
+    from mbtrain import predict as predictmod
+
+    c = checkpoint.load(ckpt)
+    x = predictmod.read_inputs(input, c.config.model.layers[0], c.config.data)
+    columns, table = predictmod.predict(c, x, proba)
+    if out is None:
+        sys.stdout.write(predictmod.to_csv(columns, table))
+    else:
+        predictmod.write(out, columns, table)
+        print(f"wrote {len(table)} predictions to {out}", file=sys.stderr)
+
+
 @app.command("config")
 def config_(
     config: Annotated[str, typer.Argument(help="YAML config file.")],
