@@ -9,6 +9,7 @@ naming the file and what was found; `read_source` turns a config source into (x,
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 
@@ -50,14 +51,17 @@ def read_idx(path: str) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header: {size} bytes, header needs {head_len}")
     dims_raw = blob[4:head_len] if gz else _read_at(path, 4, 4 * ndim)
     dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
-    expected = head_len + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = head_len + math.prod(dims) * dtype.itemsize        # Python ints: no overflow
     if size != expected:
         raise DataError(f"{path}: IDX header says dimensions {dims} of {dtype.name} "
                         f"({expected} bytes with header), but the file holds {size} bytes")
-    if gz:
-        return np.frombuffer(blob, dtype=dtype, offset=head_len).reshape(dims)
-    if int(np.prod(dims)) == 0:
-        return np.empty(dims, dtype=dtype)
+    try:
+        if gz:
+            return np.frombuffer(blob, dtype=dtype, offset=head_len).reshape(dims)
+        if math.prod(dims) == 0:
+            return np.empty(dims, dtype=dtype)
+    except ValueError:                          # e.g. (0, 2**31, 2**31): numpy refuses the shape
+        raise DataError(f"{path}: IDX header gives dimensions {dims}, too large for an array") from None
     return np.memmap(path, dtype=dtype, mode="r", offset=head_len, shape=dims)
 
 
