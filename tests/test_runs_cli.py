@@ -339,3 +339,15 @@ def test_no_color_removes_every_escape_sequence():
     for args in (["--help"], ["fit", "--help"], ["compare", "--help"], ["data", "info", "--help"]):
         plain = _pty_output(args, {"NO_COLOR": "1"})
         assert b"Usage" in plain and b"\x1b[" not in plain, plain[:200]
+
+
+def test_a_given_directory_is_claimed_exclusively(tmp_path):
+    """Two runs given the same empty --out: the second to create `status` is refused."""
+    from mbtrain.errors import MbtrainError
+    target = tmp_path / "empty"
+    target.mkdir()
+    assert runs.create(str(target), None) == str(target)      # an existing empty dir is fine
+    assert status(target) == "running"
+    with pytest.raises(MbtrainError, match="taken by another run"):
+        runs._claim(str(target))                                # as if it had raced past the emptiness check
+    assert status(target) == "running"
