@@ -95,9 +95,8 @@ class Dataset:
 
 def targets(y: np.ndarray, out: np.ndarray) -> np.ndarray:
     """One-hot rows for integer labels y (K,), or y itself when it is already (K, m)."""
-    if y.ndim == 1:
-        out.fill(0)
-        out[np.arange(len(y)), y] = 1
+    if y.ndim == 1:                      # row y of the identity matrix, in one gather
+        np.take(np.eye(out.shape[1], dtype=out.dtype), y.astype(np.intp, copy=False), axis=0, out=out)
     else:
         np.copyto(out, y, casting="unsafe")
     return out

@@ -125,7 +125,7 @@ class MLP:
             W = self.params[2 * l]
             A_prev = self._layer_input(l)                           # (K, n)
             np.matmul(dZ.T, A_prev, out=self.grads[2 * l])         # dW = dZ.T @ A_prev  (m, n)
-            np.sum(dZ, axis=0, out=self.grads[2 * l + 1])          # db = dZ.sum(0)      (m,)
+            dZ.sum(axis=0, out=self.grads[2 * l + 1])             # db = dZ.sum(0)      (m,)
             if l > 0:
                 dZ_prev = np.matmul(dZ, W, out=self.dZ[l - 1])     # dZ @ W              (K, n)
                 if self.masks is not None:
