@@ -188,10 +188,13 @@ def gradient_check(model: MLP, X: np.ndarray, Y: np.ndarray, dtype) -> dict:
             "loss_per_sample": loss_per_sample}
 
 
-def _calibrate(step, seconds: float = 0.25, most: int = 2000) -> int:
-    """Steps per repeat so that one repeat of the vectorized step takes about `seconds`."""
-    per_step = _timed(step, 3)
-    return int(min(most, max(5, seconds / max(per_step, 1e-9))))
+def _calibrate(step, seconds: float = 0.5, least: int = 10, most: int = 2000) -> int:
+    """Steps per repeat so that one repeat of the vectorized step takes about `seconds`.
+
+    The median of three short timings, so that one hiccup of a shared machine does not set it.
+    """
+    per_step = statistics.median(_timed(step, 3) for _ in range(3))
+    return int(min(most, max(least, seconds / max(per_step, 1e-9))))
 
 
 def table(result: dict) -> str:

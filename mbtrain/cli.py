@@ -297,7 +297,7 @@ def bench(
     config: Annotated[str, typer.Argument(help="YAML config file: network, batch size, dtype, optimizer, data.")],
     set_: SetOption = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps per repeat (default: about "
-                                                 "0.25 s of vectorized steps); the per-sample loop runs a tenth.")] = None,
+                                                 "0.5 s of vectorized steps, at least 10); the per-sample loop runs a tenth.")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeats; each figure is their median.")] = 5,
     json_: JsonOption = False,
 ):

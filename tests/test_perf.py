@@ -185,3 +185,26 @@ def test_training_step_reuses_its_buffers(tiny_config, overrides):
     step()                                         # the first step allocates the buffers
     assert _traced_peak(step) < 64 * 1024
     assert _traced_peak(lambda: opt.step(model.grads)) < 4 * 1024
+
+
+def test_compare_script_skips_frameworks_that_are_not_installed(monkeypatch, capsys):
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location("compare", os.path.join(ROOT, "benchmarks", "compare.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    monkeypatch.setitem(sys.modules, "torch", None)        # import torch now raises ImportError
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    assert compare.available() == ["mbtrain"]
+    err = capsys.readouterr().err
+    assert "torch is not installed" in err and "sklearn is not installed" in err
+
+
+@pytest.mark.parametrize("name", ["bench-a.yaml", "bench-b.yaml", "mnist-fast.yaml"])
+def test_performance_configs_are_valid(name):
+    import os
+    cfg = load_config(os.path.join(ROOT, "configs", name))
+    assert cfg.train.dtype == "float32" and cfg.model.activation == "relu"
+    if name.startswith("bench"):                   # the comparison's plain SGD, on all 60,000 images
+        assert (cfg.train.momentum, cfg.train.weight_decay, cfg.train.schedule) == (0.0, 0.0, "constant")
+        assert cfg.data.validation == 0 and cfg.train.epochs == 1
