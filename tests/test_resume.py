@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import make_blobs
+from conftest import ROOT, make_blobs
 from killing import kill_at_pause, mbtrain, metrics_rows, npz_arrays
 
 # 200 training samples / batch 16 = 13 steps per epoch (the last one of 8); 3 epochs = 39 steps;
@@ -144,3 +149,23 @@ def test_stateful_run_resumes_bit_identical(setup_stateful, tmp_path, pause_at):
     r = mbtrain("fit", "--resume", last, "--quiet")
     assert r.returncode == 0, r.stderr
     assert_same_run(run, ref)
+
+
+def test_sigkill_at_random_times_then_resume(setup, tmp_path):
+    """No hook: kill the real fit after a random delay, wherever it happens to be, and resume."""
+    cfg, ref = setup
+    rng = random.Random(2026)
+    for i in range(3):
+        run = str(tmp_path / f"run{i}")
+        last = os.path.join(run, "checkpoints", "last.npz")
+        proc = subprocess.Popen([sys.executable, "-m", "mbtrain", "fit", cfg, "--out", run, "--quiet"],
+                                cwd=ROOT, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if os.path.exists(last):                  # killed after the first save: resume
+            r = mbtrain("fit", "--resume", last, "--quiet")
+        else:                                     # killed before any save: start again
+            r = mbtrain("fit", cfg, "--out", run, "--overwrite", "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert_same_run(run, ref)
