@@ -19,8 +19,9 @@ import typer
 
 from mbtrain import __version__
 
-EXIT_CODES = """Exit codes: 0 success; 1 a check failed (gradcheck); 2 bad input (usage, config, data,
-checkpoint, or a file that cannot be written); 3 training diverged (non-finite loss or gradient); 130 interrupted (a checkpoint was saved)."""
+EXIT_CODES = ("Exit codes: 0 success; 1 a check failed (gradcheck) or an internal error; 2 bad input "
+              "(usage, config, data, checkpoint, or a file that cannot be written); 3 training diverged "
+              "(non-finite loss or gradient); 130 interrupted (a checkpoint was saved).")
 
 # click's UsageError, wherever this typer keeps click (newer releases vendor it).
 UsageError = typer.BadParameter.__mro__[1]
@@ -282,7 +283,7 @@ def plot(
                                                   "(train_loss, val_acc, lr, ...). Default: loss and acc.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not report the file written.")] = False,
 ):
-    """Draw training and validation curves of one or several runs into one image (needs mbtrain[plot])."""
+    """Draw training and validation curves of one or several runs into one image (needs matplotlib: the optional extra "plot")."""
     from mbtrain.plot import plot_runs
 
     empty = plot_runs(run_dirs, out, metric)
