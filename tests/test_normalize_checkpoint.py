@@ -107,3 +107,23 @@ def test_resume_refuses_a_different_normalize(tiny_config, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == (f"error: {last}: was trained with data.normalize = standardize, the config "
                                 f"asks for none; resume with the same value")
+
+
+def test_predict_applies_the_checkpoints_normalization(tiny_config, tiny_data, tmp_path):
+    _, last = _fit(tiny_config, tmp_path, "unit", "data.normalize=unit")
+    with np.load(tiny_data[0]) as z:
+        x_train = z["x"][:200].astype(np.float64)
+    with np.load(tiny_data[1]) as z:
+        x_test = z["x"]
+    lo, hi = x_train.min(0), x_train.max(0)
+    W0, b0, W1, b1 = checkpoint.load(last).params
+    Z = np.tanh(((x_test - lo) / (hi - lo)).astype(np.float32) @ W0.T + b0) @ W1.T + b1
+    P = np.exp(Z - Z.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    result = mbtrain("predict", last, tiny_data[1], "--proba")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(",") for line in result.stdout.strip().splitlines()]
+    assert rows[0] == ["class", "p0", "p1", "p2"]
+    table = np.array(rows[1:], dtype=np.float64)
+    np.testing.assert_array_equal(table[:, 0], P.argmax(1))
+    np.testing.assert_allclose(table[:, 1:], P, rtol=1e-4, atol=1e-6)
