@@ -81,7 +81,12 @@ class Dataset:
             X_out /= 255
         if self.normalization is not None:
             self.normalization.apply(X_out)
-        targets(self._y_rows.read(rows) if self._y_rows else self.y[rows], Y_out)
+        try:
+            targets(self._y_rows.read(rows) if self._y_rows else self.y[rows], Y_out)
+        except IndexError:               # only reachable when data.check: false skipped the label scan
+            raise DataError(f"{self.name}: a label among rows {int(rows.min())}..{int(rows.max())} is "
+                            f"outside [0, {Y_out.shape[1]}); data.check: false skipped the scan that "
+                            f"names it") from None
 
     def chunks(self, batch_size: int, dtype, classes: int):
         """(X, Y) in order, batch_size rows at a time (for evaluation)."""
