@@ -245,9 +245,12 @@ def load_config(path: str | None, overrides: list[str] = (), base: dict | None =
     """Config from a YAML file (or `base` mapping), then overrides, validated."""
     raw = read_yaml(path) if path is not None else dict(base or {})
     source = path or "config"
+    given = {}
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(raw, parts, value)
+        apply_override(given, parts, value)
+    build(Config, given, "", "--set")        # so a bad override is blamed on --set, not the file
     cfg = build(Config, raw, "", source)
     check_consistency(cfg, source)
     return cfg
