@@ -103,13 +103,7 @@ class _Trainer:
         self.clip_norm = t.clip_norm
         self.per_sample = per_sample
         self.batches = data.Batches(train_set, t.batch_size, True, t.dtype, cfg.model.layers[-1], cfg.seed)
-        self.stream = self._endless()
-
-    def _endless(self):
-        epoch = 0
-        while True:
-            yield from self.batches.epoch(epoch)
-            epoch += 1
+        self.stream = data.endless(self.batches)
 
     def step(self) -> None:
         X, Y = next(self.stream)

@@ -194,3 +194,11 @@ class Batches:
             self._buffers[K, slot] = (np.empty((K, self.data.features), self.dtype),
                                       np.empty((K, self.classes), self.dtype))
         return self._buffers[K, slot]
+
+
+def endless(batches):
+    """(X, Y) from epoch 0, 1, 2, ... without end: for benchmarks that time a number of steps."""
+    epoch = 0
+    while True:
+        yield from batches.epoch(epoch)
+        epoch += 1

@@ -27,13 +27,7 @@ class _Loop:
         self.model = build_model(cfg)
         self.opt = optim.make(cfg.train, self.model.params, n_train=len(train_set))
         self.batches = make_batches(cfg, train_set, prefetch)
-        self.stream = self._endless()
-
-    def _endless(self):
-        epoch = 0
-        while True:
-            yield from self.batches.epoch(epoch)
-            epoch += 1
+        self.stream = data.endless(self.batches)
 
     def run(self, steps: int) -> tuple[float, float]:
         """(seconds per step, seconds per step spent waiting for the batch) over `steps` steps."""
