@@ -113,7 +113,8 @@ class _Trainer:
             self.model.forward(X)
             loss = self.model.loss_and_backward(Y)
             grads = self.model.grads
-        guard.check_step(loss, grads, self.clip_norm)          # as fit does, before the update
+        guard.check_step(loss, grads, self.clip_norm,
+                         self.model.grad_buffer if grads is self.model.grads else None)          # as fit does, before the update
         self.opt.step(grads)
 
 

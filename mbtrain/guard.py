@@ -16,28 +16,30 @@ import numpy as np
 from mbtrain.errors import Diverged
 
 
-def squared_norm(grads: list[np.ndarray]) -> float:
+def squared_norm(grads: list[np.ndarray], buffer: np.ndarray | None = None) -> float:
     """sum of squares of every gradient entry, accumulated in float64 across arrays.
 
     Each array's dot product runs in its own dtype (fast BLAS); a float32 overflow to inf
-    is told apart from a real inf/nan by the caller.
+    is told apart from a real inf/nan by the caller. `buffer`: the one buffer the gradients
+    are packed in (mbtrain.flat; its gaps are zeros), for a single dot product.
     """
     total = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
-        for g in grads:
+        for g in ([buffer] if buffer is not None else grads):
             flat = g.reshape(-1)
             total += float(np.dot(flat, flat))
     return total
 
 
-def check_step(loss: float, grads: list[np.ndarray], clip_norm: float) -> float:
+def check_step(loss: float, grads: list[np.ndarray], clip_norm: float,
+               buffer: np.ndarray | None = None) -> float:
     """Raise Diverged for a non-finite loss or gradient; clip in place; return the global norm.
 
-    The caller adds where it happened (epoch, step) to the message.
+    The caller adds where it happened (epoch, step) to the message. `buffer`: see squared_norm.
     """
     if not math.isfinite(loss):
         raise Diverged(f"loss is {loss}")
-    sq = squared_norm(grads)
+    sq = squared_norm(grads, buffer)
     if not math.isfinite(sq):
         # a non-finite sum of squares is either a real inf/nan entry or a float32 overflow
         bad = next((l for l, g in enumerate(grads) if not np.isfinite(g).all()), None)

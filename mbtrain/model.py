@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mbtrain import activations, losses
+from mbtrain import activations, flat, losses
 
 
 def init_params(layers: list[int], init: str, bias_init: str, activation: str,
@@ -53,12 +53,15 @@ def init_params(layers: list[int], init: str, bias_init: str, activation: str,
 class MLP:
     """Weights, biases and the reusable buffers of one network.
 
-    params: [W0, b0, W1, b1, ...]; grads: the same shapes, filled by backward().
+    params: [W0, b0, W1, b1, ...] (copied in); grads: the same shapes, filled by backward().
+    Each list is packed into one buffer (mbtrain.flat), so an optimizer step or the gradient's
+    norm is one pass over param_buffer / grad_buffer rather than a few numpy calls per array.
     """
 
     def __init__(self, params: list[np.ndarray], activation: str, output: str):
-        self.params = params
-        self.grads = [np.zeros_like(p) for p in params]
+        self.params = flat.pack(params)
+        self.grads = flat.zeros_like(self.params)
+        self.param_buffer, self.grad_buffer = flat.buffer(self.params), flat.buffer(self.grads)
         self.activation_name, self.output_name = activation, output
         self.act = activations.get(activation)
         self.out = losses.get(output)

@@ -24,6 +24,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from mbtrain import flat
+
+
+class _Pieces:
+    """The matching pieces of params, grads and optimizer state an update streams over (mbtrain.flat).
+
+    Packed arrays (a model's params and grads) give a few cache-sized pieces of one buffer each;
+    separate arrays give their own pieces. Computed once per grads list and reused every step.
+    """
+
+    def __init__(self, params: list[np.ndarray], *state: list[np.ndarray]):
+        self.params, self.state = params, state
+        self._grads: tuple = ()
+        self._pieces: list = []
+
+    def __call__(self, grads: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+        if len(grads) != len(self._grads) or any(a is not b for a, b in zip(grads, self._grads)):
+            self._pieces = flat.segments(self.params, grads, *self.state)
+            self._grads = tuple(grads)
+        return self._pieces
+
 
 class SGD:
     """SGD with optional momentum, Nesterov and L2 weight decay; lr is set per step by the loop."""
@@ -34,28 +55,28 @@ class SGD:
                  nesterov: bool = False, weight_decay: float = 0.0):
         self.params, self.lr = params, lr
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
-        self.velocity = [np.zeros_like(p) for p in params] if momentum else []
-        # scratch arrays, so a step allocates nothing: g with weight decay, the scaled step
-        self._g = [np.empty_like(p) for p in params] if weight_decay else []
-        self._step = [np.empty_like(p) for p in params]
+        self.velocity = flat.zeros_like(params) if momentum else []
+        # scratch, so a step allocates nothing: g with weight decay, and the scaled step of a piece
+        self._g = flat.zeros_like(params) if weight_decay else []
+        self._step = np.empty(flat.largest_piece(params), params[0].dtype)
+        self._pieces = _Pieces(params, *([self.velocity] if momentum else []))
 
     def step(self, grads: list[np.ndarray]) -> None:
         lr = self.params[0].dtype.type(self.lr)
-        for i, (p, dp) in enumerate(zip(self.params, grads)):
-            g = dp
-            if self.weight_decay and i % 2 == 0:                 # weights only, not biases
-                g = np.multiply(p, self.weight_decay, out=self._g[i])
-                g += dp                                          # g = dW + lambda W
+        if self.weight_decay:
+            grads = _add_l2(self.params, grads, self.weight_decay, self._g)
+        for p, g, *v in self._pieces(grads):
+            scratch = self._step[:p.size]
             direction = g
             if self.momentum:
-                v = self.velocity[i]
+                v = v[0]
                 v *= self.momentum
                 v += g                                           # v = mu v + g
                 direction = v
                 if self.nesterov:
-                    direction = np.multiply(v, self.momentum, out=self._step[i])
+                    direction = np.multiply(v, self.momentum, out=scratch)
                     direction += g                               # g + mu v
-            p -= np.multiply(direction, lr, out=self._step[i])   # W -= lr * direction
+            p -= np.multiply(direction, lr, out=scratch)         # W -= lr * direction
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays to save in a checkpoint, by name."""
@@ -64,6 +85,18 @@ class SGD:
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         for i, v in enumerate(self.velocity):
             v[...] = arrays[f"velocity{i}"]
+
+
+def _add_l2(params: list[np.ndarray], grads: list[np.ndarray], weight_decay: float,
+            out: list[np.ndarray]) -> list[np.ndarray]:
+    """out = grads + lambda W for the weights (even i), a copy of the bias gradients; returns out."""
+    for i, (p, dp, g) in enumerate(zip(params, grads, out)):
+        if i % 2 == 0:
+            np.multiply(p, weight_decay, out=g)
+            g += dp                                              # g = dW + lambda W
+        else:
+            np.copyto(g, dp)
+    return out
 
 
 def _coupled_l2(p: np.ndarray, dp: np.ndarray, i: int, weight_decay: float) -> np.ndarray:
@@ -82,14 +115,16 @@ class RMSprop:
                  weight_decay: float = 0.0):
         self.params, self.lr = params, lr
         self.decay, self.eps, self.weight_decay = decay, eps, weight_decay
-        self.square_avg = [np.zeros_like(p) for p in params]
+        self.square_avg = flat.zeros_like(params)
+        self._g = flat.zeros_like(params) if weight_decay else []
+        self._pieces = _Pieces(params, self.square_avg)
 
     def step(self, grads: list[np.ndarray]) -> None:
         f = self.params[0].dtype.type
         lr, rho, eps = f(self.lr), f(self.decay), f(self.eps)
-        for i, (p, dp) in enumerate(zip(self.params, grads)):
-            g = _coupled_l2(p, dp, i, self.weight_decay)
-            s = self.square_avg[i]
+        if self.weight_decay:
+            grads = _add_l2(self.params, grads, self.weight_decay, self._g)
+        for p, g, s in self._pieces(grads):
             s *= rho
             s += (1 - rho) * (g * g)                          # s = rho s + (1 - rho) g^2
             p -= lr * g / (np.sqrt(s) + eps)
@@ -112,9 +147,11 @@ class Adam:
                  eps: float = 1e-8, weight_decay: float = 0.0):
         self.params, self.lr = params, lr
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
-        self.m = [np.zeros_like(p) for p in params]
-        self.v = [np.zeros_like(p) for p in params]
+        self.m = flat.zeros_like(params)
+        self.v = flat.zeros_like(params)
         self.t = 0                                             # steps taken, for bias correction
+        self._g = flat.zeros_like(params) if weight_decay and not self.decoupled else []
+        self._pieces = _Pieces(params, self.m, self.v)
 
     def step(self, grads: list[np.ndarray]) -> None:
         f = self.params[0].dtype.type
@@ -122,14 +159,12 @@ class Adam:
         b1, b2, eps, lr = f(self.beta1), f(self.beta2), f(self.eps), f(self.lr)
         # the corrections in float64 then cast once, so 1 - b^t is not rounded to float32 first
         correct1, correct2 = f(1 - self.beta1 ** self.t), f(1 - self.beta2 ** self.t)
-        for i, (p, dp) in enumerate(zip(self.params, grads)):
-            if self.decoupled:
-                if self.weight_decay and i % 2 == 0:
-                    p *= f(1 - self.lr * self.weight_decay)      # W -= lr lambda W
-                g = dp
-            else:
-                g = _coupled_l2(p, dp, i, self.weight_decay)
-            m, v = self.m[i], self.v[i]
+        if self.weight_decay and self.decoupled:
+            for W in self.params[0::2]:
+                W *= f(1 - self.lr * self.weight_decay)          # W -= lr lambda W
+        elif self.weight_decay:
+            grads = _add_l2(self.params, grads, self.weight_decay, self._g)
+        for p, g, m, v in self._pieces(grads):
             m *= b1
             m += (1 - b1) * g                                  # m = b1 m + (1 - b1) g
             v *= b2

@@ -178,7 +178,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
                 # loss and backward
                 loss = model.loss_and_backward(Y)
                 try:
-                    guard.check_step(loss, model.grads, t.clip_norm)     # before the update
+                    guard.check_step(loss, model.grads, t.clip_norm, model.grad_buffer)     # before the update
                 except Diverged as e:
                     bar.close()
                     raise _diverged(e, epoch, state, ckpt_dir) from None
