@@ -10,6 +10,7 @@ back every few MiB (mbtrain.streaming), so memory does not grow with the file.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -76,9 +77,10 @@ class Dataset:
     def gather(self, rows: np.ndarray, X_out: np.ndarray, Y_out: np.ndarray) -> None:
         """Copy rows (absolute indices) into X_out (K, d) scaled to floats and Y_out (K, m)."""
         raw = self._x_rows.read(rows) if self._x_rows else self.x[rows]
-        np.copyto(X_out, raw, casting="unsafe")
-        if self.scale is not None:       # pixels / 255 in X_out's dtype: no float64 temporary
-            X_out /= 255
+        if self.scale is not None:       # pixels / 255 in X_out's dtype, cast and divided in one pass
+            np.divide(raw, X_out.dtype.type(255), out=X_out)
+        else:
+            np.copyto(X_out, raw, casting="unsafe")
         if self.normalization is not None:
             self.normalization.apply(X_out)
         try:
@@ -101,10 +103,18 @@ class Dataset:
 def targets(y: np.ndarray, out: np.ndarray) -> np.ndarray:
     """One-hot rows for integer labels y (K,), or y itself when it is already (K, m)."""
     if y.ndim == 1:                      # row y of the identity matrix, in one gather
-        np.take(np.eye(out.shape[1], dtype=out.dtype), y.astype(np.intp, copy=False), axis=0, out=out)
+        _identity(out.shape[1], out.dtype).take(y.astype(np.intp, copy=False), axis=0, out=out)
     else:
         np.copyto(out, y, casting="unsafe")
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(m: int, dtype) -> np.ndarray:
+    """The (m, m) identity matrix, made once per size and dtype (read-only: it is shared)."""
+    eye = np.eye(m, dtype=dtype)
+    eye.flags.writeable = False
+    return eye
 
 
 def load(source, layers: list[int], role: str, options=None, normalization=None,
@@ -163,9 +173,11 @@ class Batches:
         order = EpochOrder(self.shuffle, n, self.seed, epoch, self.block_rows, self.buffer_rows)
         for step in range(first_step, self.steps_per_epoch()):
             rows = order.rows(step * K, min((step + 1) * K, n))
-            if self.shuffle != "none":
-                rows.sort()                 # same batch, same mean gradient; forward reads only
-            yield self.data.start + rows
+            if self.shuffle != "none":      # same batch, same mean gradient; forward reads only
+                rows = np.sort(rows)
+            if self.data.start:
+                rows = rows + self.data.start
+            yield rows
 
     def epoch(self, epoch: int, first_step: int = 0):
         """Yield (X (K, d), Y (K, m)) for each step of the epoch from `first_step` on.

@@ -90,9 +90,12 @@ class EpochOrder:
             self.span = -(-max(buffer_rows, 1) // self.block) * self.block   # whole blocks
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
-        """Row indices (hi - lo,) int64 at positions [lo, hi) of this epoch."""
+        """Row indices (hi - lo,) int64 at positions [lo, hi) of this epoch (read-only: may be a view)."""
         if self.shuffle == "none":
             return np.arange(lo, hi, dtype=np.int64)
+        k = lo // self.span
+        if hi <= (k + 1) * self.span:                      # within one span, as most batches are
+            return self._span_rows(k)[lo - k * self.span:hi - k * self.span]
         out = np.empty(max(hi - lo, 0), np.int64)
         for k in range(lo // self.span, -(-hi // self.span)):
             k_lo, k_hi = max(lo, k * self.span), min(hi, (k + 1) * self.span)
@@ -107,6 +110,7 @@ class EpochOrder:
                 rows = self.perm(np.arange(start, stop, dtype=np.int64))
             else:      # a window of whole blocks, its positions shuffled within the window
                 rows = self._block_rows(start + _rng(self.seed, self.epoch, k).permutation(stop - start))
+            rows.flags.writeable = False           # shared by the batches that read it
             self._cached = (k, rows)
         return self._cached[1]
 
@@ -126,4 +130,4 @@ class EpochOrder:
 def epoch_order(seed: int, epoch: int, n: int, shuffle: str = "full", block_rows: int = 4096,
                 buffer_rows: int = 65536) -> np.ndarray:
     """The whole order of one epoch as an (n,) array (for tests and small data)."""
-    return EpochOrder(shuffle, n, seed, epoch, block_rows, buffer_rows).rows(0, n)
+    return EpochOrder(shuffle, n, seed, epoch, block_rows, buffer_rows).rows(0, n).copy()
