@@ -5,8 +5,9 @@ gathered from its training data:
   vectorized  - mbtrain's step: gather, forward, loss, backward, update;
   per_sample  - the same step the textbook way: a loop over the K samples accumulating
                 delta_k a_k^T (the only per-sample loop in mbtrain, kept as the yardstick);
-  gemm_bound  - only the step's matrix products (Z = A_prev @ W.T, dW = dZ.T @ A_prev,
-                dA_prev = dZ @ W; same shapes, transposes, dtype), timed alone.
+  gemm_bound  - only the step's matrix products (Z = A_prev @ W.T, dA_prev = dZ @ W, and
+                dW = dZ.T @ A_prev, or W -= lr dZ.T @ A_prev when the step fuses plain SGD
+                into them, mbtrain.step; same shapes, transposes, dtype), timed alone.
 Implementations alternate inside each repeat; each figure is the median over repeats.
 
     mbtrain bench configs/mnist.yaml --set model.layers=[784,100,10] --set train.batch_size=64
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-from mbtrain import blas, data, guard, loadertime, optim
+from mbtrain import blas, data, gemm, guard, loadertime, optim, step
 from mbtrain.config import Config
 from mbtrain.errors import DataError
 from mbtrain.model import MLP
@@ -73,10 +74,15 @@ def flops_per_step(layers: list[int], K: int) -> int:
 
 
 class _Gemms:
-    """Exactly the step's matrix products on buffers of the step's shapes and dtype."""
+    """Exactly the step's matrix products on buffers of the step's shapes and dtype.
 
-    def __init__(self, layers: list[int], K: int, dtype, rng: np.random.Generator):
+    fused: the step folds plain SGD into the weight-gradient products (mbtrain.step), so those
+    are timed as the step runs them, W = W - lr dZ^T A_prev through mbtrain.gemm.
+    """
+
+    def __init__(self, layers: list[int], K: int, dtype, rng: np.random.Generator, fused: bool = False):
         fill = lambda *shape: rng.standard_normal(shape).astype(dtype)
+        self.fused = fused
         self.layers = []
         for n, m in zip(layers[:-1], layers[1:]):
             self.layers.append(dict(A_prev=fill(K, n), W=fill(m, n), Z=fill(K, m), dZ=fill(K, m),
@@ -87,9 +93,13 @@ class _Gemms:
             np.matmul(b["A_prev"], b["W"].T, out=b["Z"])             # forward   (K, m)
         for l in range(len(self.layers) - 1, -1, -1):
             b = self.layers[l]
-            np.matmul(b["dZ"].T, b["A_prev"], out=b["dW"])           # dW        (m, n)
             if l > 0:
                 np.matmul(b["dZ"], b["W"], out=b["dA_prev"])         # dA_prev   (K, n)
+        for b in self.layers:
+            if self.fused:                                           # W -= lr dZ.T @ A_prev
+                gemm.update(b["dW"], b["dZ"], b["A_prev"], alpha=-1e-3, beta=1.0)
+            else:
+                np.matmul(b["dZ"].T, b["A_prev"], out=b["dW"])       # dW        (m, n)
 
 
 class _Trainer:
@@ -102,19 +112,17 @@ class _Trainer:
         self.opt = optim.make(t, self.model.params, n_train=len(train_set))
         self.clip_norm = t.clip_norm
         self.per_sample = per_sample
+        self.train_step = step.TrainStep(self.model, self.opt, t.clip_norm, t.fused_update)
         self.batches = data.Batches(train_set, t.batch_size, True, t.dtype, cfg.model.layers[-1], cfg.seed)
         self.stream = data.endless(self.batches)
 
     def step(self) -> None:
         X, Y = next(self.stream)
-        if self.per_sample:
-            loss, grads = per_sample_gradients(self.model, X, Y)
-        else:
-            self.model.forward(X)
-            loss = self.model.loss_and_backward(Y)
-            grads = self.model.grads
-        guard.check_step(loss, grads, self.clip_norm,
-                         self.model.grad_buffer if grads is self.model.grads else None)          # as fit does, before the update
+        if not self.per_sample:
+            self.train_step(X, Y)                                # as fit runs it
+            return
+        loss, grads = per_sample_gradients(self.model, X, Y)
+        guard.check_step(loss, grads, self.clip_norm)            # as fit does, before the update
         self.opt.step(grads)
 
 
@@ -141,7 +149,7 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
                         f"train.batch_size = {K}")
     vectorized, per_sample = _Trainer(cfg, train_set, False), _Trainer(cfg, train_set, True)
     check = gradient_check(vectorized.model, *next(vectorized.stream), t.dtype)
-    gemms = _Gemms(layers, K, t.dtype, np.random.default_rng(cfg.seed))
+    gemms = _Gemms(layers, K, t.dtype, np.random.default_rng(cfg.seed), vectorized.train_step.fused)
     steps = steps or _calibrate(vectorized.step)
     per_sample_steps = max(1, steps // 10)
     runs = {"vectorized": (vectorized.step, steps), "per_sample": (per_sample.step, per_sample_steps),
@@ -160,6 +168,7 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
     return {
         "network": layers, "activation": cfg.model.activation, "output": cfg.model.output,
         "batch_size": K, "dtype": t.dtype, "optimizer": getattr(vectorized.opt, "name", "sgd"),
+        "fused_update": vectorized.train_step.fused,
         "steps": steps, "per_sample_steps": per_sample_steps, "repeats": repeats, **timing,
         "speedup_over_per_sample": rate["vectorized"] / rate["per_sample"],
         "vectorized_over_gemm_bound": rate["vectorized"] / rate["gemm_bound"],
@@ -196,8 +205,9 @@ def table(result: dict) -> str:
     """The result as a readable table."""
     r = result
     lib = r["blas"]
+    fused = " (update fused into the dW products)" if r["fused_update"] else ""
     head = (f"network {'-'.join(map(str, r['network']))} {r['activation']}, batch {r['batch_size']}, "
-            f"{r['dtype']}, {r['optimizer']}; {r['repeats']} repeats of {r['steps']} steps "
+            f"{r['dtype']}, {r['optimizer']}{fused}; {r['repeats']} repeats of {r['steps']} steps "
             f"({r['per_sample_steps']} per-sample); BLAS {lib['library']} {lib['version']} "
             f"({lib['architecture']}), {lib['threads']} threads")
     rows = [("", "samples/s", "step ms", "ratio")]

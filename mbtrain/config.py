@@ -143,6 +143,12 @@ class TrainConfig:
     eval_batch_size: int = option(4096, "samples per batch when evaluating", min=1, max=10_000_000)
     clip_norm: float = option(0.0, "clip the gradient to this global L2 norm (over all weights and "
                                    "biases, before weight decay); 0 = no clipping", min=0.0, max=1e12)
+    fused_update: str = option("auto", "plain SGD (no momentum, weight decay or clipping) only: on = the "
+                                       "weight update is made by the weight-gradient product itself, W -= "
+                                       "lr dZ^T A_prev, through numpy's BLAS (mbtrain/step.py); off = form "
+                                       "dW, then update; auto = on where it measured faster (layers of "
+                                       "32768+ weights on average). The two can differ in the last bit",
+                                choices=("auto", "on", "off"), kind="switch")
     threads: int = option(0, "BLAS threads for this run (via threadpoolctl); 0 = the BLAS default, "
                              "usually one per core. Set 1 when running several trainings in parallel",
                           min=0, max=1024)
@@ -384,6 +390,10 @@ def check_consistency(cfg: Config, source: str) -> None:
     if t.optimizer != "sgd" and (t.momentum or t.nesterov):
         raise ConfigError(f"{source}: train.momentum/train.nesterov apply to train.optimizer = sgd only "
                           f"(got optimizer {t.optimizer}, momentum {t.momentum})")
+    if t.fused_update == "on" and (t.optimizer != "sgd" or t.momentum or t.weight_decay or t.clip_norm):
+        raise ConfigError(f"{source}: train.fused_update = on needs plain SGD: train.optimizer = sgd with "
+                          f"momentum, weight_decay and clip_norm 0 (got optimizer {t.optimizer}, momentum "
+                          f"{t.momentum}, weight_decay {t.weight_decay}, clip_norm {t.clip_norm})")
     if cfg.model.output == "identity_mse" and t.monitor == "val_acc":
         raise ConfigError(f"{source}: train.monitor = val_acc: regression (model.output = identity_mse) "
                           f"has no accuracy; use val_loss")

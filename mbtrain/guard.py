@@ -56,3 +56,26 @@ def check_step(loss: float, grads: list[np.ndarray], clip_norm: float,
         for g in grads:
             g *= scale
     return norm
+
+
+def vouch_for_fused_sgd(loss: float, errors: list[np.ndarray], inputs: list[np.ndarray]) -> bool:
+    """True when every gradient made from these errors and inputs is finite, without forming it.
+
+    For the fused SGD step (mbtrain.step), which never forms dW = dZ^T A: every entry of dW_l
+    is bounded by ||dZ_l|| ||A_l|| (Cauchy-Schwarz on its column pair), every bias gradient by
+    sqrt(K) ||dZ_l||; both norms come from dot products over the (K, m) and (K, n) arrays, far
+    fewer entries than the weights. False (a non-finite norm, or a bound beyond the dtype's
+    range) means: form the gradients and check them the usual way (check_step). Raises Diverged
+    for a non-finite loss.
+    """
+    if not math.isfinite(loss):
+        raise Diverged(f"loss is {loss}")
+    biggest = _MAX[errors[0].dtype]
+    for dZ, A in zip(errors, inputs):
+        e, a = float(np.vdot(dZ, dZ)), float(np.vdot(A, A))
+        if not math.sqrt(e) * math.sqrt(max(a, dZ.shape[0])) < biggest:   # also False for inf, nan
+            return False
+    return True
+
+
+_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float32, np.float64)}

@@ -22,10 +22,11 @@ class _Loop:
     """A model, its optimizer and an endless stream of batches with prefetch on or off."""
 
     def __init__(self, cfg: Config, train_set: data.Dataset, prefetch: str):
-        from mbtrain import optim
+        from mbtrain import optim, step
         from mbtrain.train import build_model, make_batches
         self.model = build_model(cfg)
         self.opt = optim.make(cfg.train, self.model.params, n_train=len(train_set))
+        self.step = step.TrainStep(self.model, self.opt, cfg.train.clip_norm, cfg.train.fused_update)
         self.batches = make_batches(cfg, train_set, prefetch)
         self.stream = data.endless(self.batches)
 
@@ -34,10 +35,7 @@ class _Loop:
         waited = self.batches.wait_seconds
         start = time.perf_counter()
         for _ in range(steps):
-            X, Y = next(self.stream)
-            self.model.forward(X)
-            self.model.loss_and_backward(Y)
-            self.opt.step(self.model.grads)
+            self.step(*next(self.stream))
         total = time.perf_counter() - start
         return total / steps, (self.batches.wait_seconds - waited) / steps
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mbtrain import activations, flat, losses
+from mbtrain import activations, flat, gemm, losses
 
 
 def init_params(layers: list[int], init: str, bias_init: str, activation: str,
@@ -121,13 +121,33 @@ class MLP:
         self.backward(dZ)
         return loss
 
+    def loss_and_errors(self, Y: np.ndarray) -> float:
+        """Mean loss of the last forward() batch against Y (K, m_L); fills the errors and bias gradients."""
+        loss, dZ = self.out.loss_and_delta(self.Z[-1], Y, self.dZ[-1])     # (K, m_L)
+        self.backward_errors(dZ)
+        return loss
+
+    def layer_inputs(self) -> list[np.ndarray]:
+        """What each layer saw in the last forward(): [X, A_1, ...] (dropped out when masks were given)."""
+        return [self._layer_input(l) for l in range(len(self.Z))]
+
     def backward(self, dZ: np.ndarray) -> None:
         """Fill self.grads from the output error dZ (K, m_L) of the last forward()."""
-        L = len(self.Z)
-        for l in range(L - 1, -1, -1):
+        self.backward_errors(dZ)
+        for l in range(len(self.Z)):
+            np.matmul(self.dZ[l].T, self._layer_input(l), out=self.grads[2 * l])   # dW = dZ.T @ A_prev  (m, n)
+
+    def backward_errors(self, dZ: np.ndarray) -> None:
+        """Every layer's error dZ (K, m) into self.dZ, and the bias gradients, from the output error dZ.
+
+        Everything of backward() but the weight-gradient products, which an SGD step can fold
+        into the weight update itself (sgd_update_weights).
+        """
+        if dZ is not self.dZ[-1]:
+            np.copyto(self.dZ[-1], dZ)
+            dZ = self.dZ[-1]
+        for l in range(len(self.Z) - 1, -1, -1):
             W = self.params[2 * l]
-            A_prev = self._layer_input(l)                           # (K, n)
-            np.matmul(dZ.T, A_prev, out=self.grads[2 * l])         # dW = dZ.T @ A_prev  (m, n)
             dZ.sum(axis=0, out=self.grads[2 * l + 1])             # db = dZ.sum(0)      (m,)
             if l > 0:
                 dZ_prev = np.matmul(dZ, W, out=self.dZ[l - 1])     # dZ @ W              (K, n)
@@ -135,6 +155,14 @@ class MLP:
                     dZ_prev *= self.masks[l - 1]                   # d(A * mask)/dA = mask
                 dZ_prev *= self.act.derivative(self.Z[l - 1], self.A[l - 1], out=self.dact[l - 1])
                 dZ = dZ_prev
+
+    def sgd_update_weights(self, lr: float) -> None:
+        """W -= lr * dZ.T @ A_prev for every layer, the update computed by the product itself.
+
+        Call after backward_errors(); needs gemm.available(self.dtype). No dW array is formed.
+        """
+        for l in range(len(self.Z)):
+            gemm.update(self.params[2 * l], self.dZ[l], self._layer_input(l), alpha=-lr, beta=1.0)
 
     def predict(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """Output activations (N, m_L) for X (N, n_0), in batches, without touching the buffers."""

@@ -15,8 +15,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from mbtrain import (blas, checkpoint, data, dropout, guard, monitor, normalize, optim, prefetch, runs,
-                     schedules, tasks, testhook)
+from mbtrain import (blas, checkpoint, data, dropout, monitor, normalize, optim, prefetch, runs, schedules,
+                     step, tasks, testhook)
 from mbtrain.config import Config
 from mbtrain.errors import CheckpointError, DataError, Diverged, Interrupted
 from mbtrain.model import MLP, init_params
@@ -134,6 +134,7 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
     t = cfg.train
     model = MLP(resume.params, cfg.model.activation, cfg.model.output) if resume else build_model(cfg)
     opt = optim.make(t, model.params, n_train=len(train_set))
+    train_step = step.TrainStep(model, opt, t.clip_norm, t.fused_update)
     state = {"epoch": 0, "epoch_step": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
              "seconds": 0.0, **monitor.INITIAL_STATE}
     if resume:
@@ -173,19 +174,13 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
                 opt.lr = schedules.lr_at(t, state["step"], steps, state["lr_scale"])
                 masks = dropout.masks(cfg.seed, epoch, state["epoch_step"], len(X), model.layers[1:-1],
                                       cfg.model.dropout, model.dtype) if cfg.model.dropout else None
-                # forward
-                Z = model.forward(X, masks)                            # (K, m_L)
-                # loss and backward
-                loss = model.loss_and_backward(Y)
                 try:
-                    guard.check_step(loss, model.grads, t.clip_norm, model.grad_buffer)     # before the update
+                    loss = train_step(X, Y, masks)           # forward, backward, guard, update
                 except Diverged as e:
                     bar.close()
                     raise _diverged(e, epoch, state, ckpt_dir) from None
-                # update
-                opt.step(model.grads)
                 state["loss_sum"] += loss * len(X)
-                state["correct"] += tasks.count_correct(Z, Y, task)
+                state["correct"] += tasks.count_correct(model.Z[-1], Y, task)
                 state["seen"] += len(X)
                 state["step"] += 1
                 state["epoch_step"] += 1

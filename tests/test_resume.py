@@ -169,3 +169,36 @@ def test_sigkill_at_random_times_then_resume(setup, tmp_path):
             r = mbtrain("fit", cfg, "--out", run, "--overwrite", "--quiet")
         assert r.returncode == 0, r.stderr
         assert_same_run(run, ref)
+
+
+@pytest.fixture(scope="module")
+def setup_plain(tmp_path_factory):
+    """Plain SGD in float32: the step folds the update into the weight-gradient products (mbtrain.step)."""
+    root = tmp_path_factory.mktemp("resume_plain")
+    x, y = make_blobs(240, 8, 3, seed=7)
+    np.savez(root / "train.npz", x=x, y=y)
+    return reference_run(root, {
+        "seed": 13,
+        "data": {"train": str(root / "train.npz"), "validation": 40},
+        "model": {"layers": [8, 12, 3], "activation": "relu"},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 0.1, "dtype": "float32", "fused_update": "on"},
+        "checkpoint": {"every_steps": 5},
+    })
+
+
+def test_fused_sgd_run_resumes_bit_identical(setup_plain, tmp_path):
+    from mbtrain import gemm, optim, step
+    from mbtrain.config import load_config
+    from mbtrain.train import build_model
+    cfg, ref = setup_plain
+    c = load_config(cfg)
+    model = build_model(c)
+    if not gemm.available(np.float32):
+        pytest.skip("numpy's BLAS gemm not found: the step cannot fuse here")
+    assert step.TrainStep(model, optim.make(c.train, model.params), c.train.clip_norm, "on").fused
+    run = str(tmp_path / "run")
+    last = os.path.join(run, "checkpoints", "last.npz")
+    kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at="step:18")
+    r = mbtrain("fit", "--resume", last, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert_same_run(run, ref)

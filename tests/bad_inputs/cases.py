@@ -184,6 +184,8 @@ CASES = [
              ["good.npz", "data.validation = 100000", "leaves no training samples", "has 120"]),
     cfg_case("config-nesterov-without-momentum", {"train.nesterov": True},
              ["bad.yaml", "train.nesterov = true needs train.momentum > 0"]),
+    cfg_case("config-fused-update-with-momentum", {"train.fused_update": "on", "train.momentum": 0.9},
+             ["bad.yaml", "train.fused_update = on needs plain SGD", "momentum 0.9"]),
     cfg_case("config-section-not-a-mapping", {"train": 5},
              ["bad.yaml", "train: expected a mapping, got 5"]),
     cfg_case("config-negative-every-steps", {"checkpoint.every_steps": -1},

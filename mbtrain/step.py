@@ -1,0 +1,78 @@
+"""One training step, as `mbtrain fit` and `mbtrain bench` run it: forward, loss, backward, guard, update.
+
+The general path forms every gradient, checks them (mbtrain.guard: a non-finite loss or
+gradient stops training before any parameter changes) and hands them to the optimizer.
+
+Plain SGD (no momentum, no weight decay, no clipping) takes a fused path when numpy's BLAS
+allows it (mbtrain.gemm): after the errors dZ of every layer are known and vouched for, each
+weight update is made by the weight-gradient product itself,
+
+    W = W - lr dZ^T A_prev                  (m, n)
+
+so no dW array is written and no pass over the weights follows. The guard vouches from the
+errors and layer inputs, which bound every gradient entry; when it cannot, the step falls back
+to the general path, which forms the gradients and checks them. Both paths are deterministic;
+they can differ in the last bit (the BLAS kernel may fuse the multiply and the add).
+
+    mbtrain bench configs/bench-b.yaml        # reports which path the step took
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mbtrain import gemm, guard, optim
+from mbtrain.errors import MbtrainError
+from mbtrain.model import MLP
+
+
+# Mean weights per layer from which the fused step measured faster (README, Performance): below
+# it, a BLAS call through ctypes costs more than the pass over the weights it saves.
+FUSE_MIN_WEIGHTS = 1 << 15
+
+
+def fuses(model: MLP, opt, clip_norm: float, setting: str = "auto") -> bool:
+    """True when the step folds opt's update into the weight-gradient products (train.fused_update).
+
+    Raises MbtrainError for `on` where numpy's BLAS gemm cannot be found.
+    """
+    plain = type(opt) is optim.SGD and not opt.momentum and not opt.weight_decay and not clip_norm
+    if setting == "off" or not plain:
+        return False
+    if not gemm.available(model.dtype):
+        if setting == "on":
+            raise MbtrainError("train.fused_update = on: the gemm routine of numpy's BLAS was not found "
+                               "(mbtrain/gemm.py); use auto or off")
+        return False
+    return setting == "on" or sum(W.size for W in model.weights) / len(model.weights) >= FUSE_MIN_WEIGHTS
+
+
+class TrainStep:
+    """step(X, Y, masks) -> the batch's mean loss, the model's parameters updated by `opt`."""
+
+    def __init__(self, model: MLP, opt, clip_norm: float = 0.0, fused_update: str = "auto"):
+        self.model, self.opt, self.clip_norm = model, opt, clip_norm
+        self.fused = fuses(model, opt, clip_norm, fused_update)
+        self._bias_step = [np.empty_like(b) for b in model.biases]
+
+    def __call__(self, X: np.ndarray, Y: np.ndarray, masks: list[np.ndarray] | None = None) -> float:
+        model = self.model
+        model.forward(X, masks)                                        # (K, m_L)
+        if not self.fused:
+            loss = model.loss_and_backward(Y)
+            guard.check_step(loss, model.grads, self.clip_norm, model.grad_buffer)   # before the update
+            self.opt.step(model.grads)
+            return loss
+        loss = model.loss_and_errors(Y)                                # every dZ and db, no dW
+        inputs = model.layer_inputs()
+        if not guard.vouch_for_fused_sgd(loss, model.dZ, inputs):     # form dW and check it
+            for l, A_prev in enumerate(inputs):
+                np.matmul(model.dZ[l].T, A_prev, out=model.grads[2 * l])
+            guard.check_step(loss, model.grads, self.clip_norm, model.grad_buffer)
+            self.opt.step(model.grads)
+            return loss
+        lr = model.dtype.type(self.opt.lr)
+        for b, db, scratch in zip(model.biases, model.grads[1::2], self._bias_step):
+            b -= np.multiply(db, lr, out=scratch)                      # b -= lr db
+        model.sgd_update_weights(lr)                                   # W -= lr dZ^T A_prev
+        return loss

@@ -1,0 +1,163 @@
+"""The training step (mbtrain.step): plain SGD fused into the weight-gradient products (mbtrain.gemm)
+against the general path, the guard's vouching, and the fallback when numpy's BLAS is not usable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mbtrain import gemm, guard, optim, step
+from mbtrain.errors import Diverged, MbtrainError
+from mbtrain.model import MLP, init_params
+
+needs_gemm = pytest.mark.skipif(not gemm.available(np.float32), reason="numpy's BLAS gemm not found")
+
+
+@pytest.fixture(autouse=True)
+def fuse_small_networks(monkeypatch):
+    """These tests' networks are tiny; fuse them anyway (auto fuses from FUSE_MIN_WEIGHTS weights a layer)."""
+    monkeypatch.setattr(step, "FUSE_MIN_WEIGHTS", 0)
+
+
+@needs_gemm
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K,m,n", [(1, 3, 4), (10, 30, 784), (64, 10, 100), (7, 1, 1)])
+def test_update_equals_numpy(dtype, K, m, n):
+    rng = np.random.default_rng(K * m + n)
+    C = rng.standard_normal((m, n)).astype(dtype)
+    A, B = rng.standard_normal((K, m)).astype(dtype), rng.standard_normal((K, n)).astype(dtype)
+    want = 0.75 * C.astype(np.float64) - 0.1 * (A.T.astype(np.float64) @ B.astype(np.float64))
+    gemm.update(C, A, B, alpha=-0.1, beta=0.75)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(C, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@needs_gemm
+def test_update_refuses_arrays_it_cannot_pass_to_blas():
+    C, A, B = np.zeros((3, 4), np.float32), np.ones((5, 3), np.float32), np.ones((5, 4), np.float32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gemm.update(np.zeros((4, 3), np.float32).T, A, B, -1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        gemm.update(C, A, np.ones((5, 5), np.float32), -1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        gemm.update(C, A, B.astype(np.float64), -1.0)
+
+
+def _model(dtype, seed=0, layers=(6, 9, 7, 3), activation="relu"):
+    rng = np.random.default_rng(seed)
+    return MLP(init_params(list(layers), "he", "normal", activation, rng, dtype), activation,
+               "softmax_cross_entropy")
+
+
+def _batches(dtype, n=5, K=8):
+    rng = np.random.default_rng(42)
+    return [(rng.standard_normal((K, 6)).astype(dtype), np.eye(3, dtype=dtype)[rng.integers(0, 3, K)])
+            for _ in range(n)]
+
+
+@needs_gemm
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_dropout", [False, True])
+def test_fused_sgd_matches_the_general_path(dtype, with_dropout):
+    fused_model, plain_model = _model(dtype), _model(dtype)
+    fused = step.TrainStep(fused_model, optim.SGD(fused_model.params, lr=0.3))
+    general = step.TrainStep(plain_model, optim.SGD(plain_model.params, lr=0.3))
+    general.fused = False
+    assert fused.fused
+    rng = np.random.default_rng(1)
+    for X, Y in _batches(dtype):
+        masks = [(rng.random((len(X), m)) > 0.3).astype(dtype) / dtype(0.7) for m in (9, 7)] \
+            if with_dropout else None
+        assert fused(X, Y, masks) == pytest.approx(general(X, Y, masks), rel=1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for a, b in zip(fused_model.params, plain_model.params):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@needs_gemm
+def test_fused_sgd_is_deterministic():
+    runs = []
+    for _ in range(2):
+        model = _model(np.float32)
+        s = step.TrainStep(model, optim.SGD(model.params, lr=0.3))
+        for X, Y in _batches(np.float32):
+            s(X, Y)
+        runs.append([p.copy() for p in model.params])
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kw,clip", [(dict(momentum=0.9), 0.0), (dict(weight_decay=1e-3), 0.0), ({}, 1.0)])
+def test_only_plain_sgd_without_clipping_fuses(kw, clip):
+    model = _model(np.float32)
+    assert not step.TrainStep(model, optim.SGD(model.params, 0.1, **kw), clip).fused
+    assert not step.TrainStep(model, optim.Adam(model.params, 0.1)).fused
+
+
+def test_auto_fuses_large_layers_only(monkeypatch):
+    monkeypatch.setattr(step, "FUSE_MIN_WEIGHTS", 1 << 15)
+    small, large = _model(np.float32), _model(np.float32, layers=(784, 100, 10))
+    assert not step.TrainStep(small, optim.SGD(small.params, 0.1)).fused
+    assert step.TrainStep(large, optim.SGD(large.params, 0.1)).fused == gemm.available(np.float32)
+    assert not step.TrainStep(large, optim.SGD(large.params, 0.1), fused_update="off").fused
+    if gemm.available(np.float32):
+        assert step.TrainStep(small, optim.SGD(small.params, 0.1), fused_update="on").fused
+
+
+def test_without_blas_gemm_the_step_takes_the_general_path(monkeypatch):
+    monkeypatch.setattr(gemm, "available", lambda dtype: False)
+    model, ref = _model(np.float64), _model(np.float64)
+    s = step.TrainStep(model, optim.SGD(model.params, lr=0.3))
+    assert not s.fused
+    with pytest.raises(MbtrainError, match="train.fused_update = on"):
+        step.TrainStep(model, optim.SGD(model.params, lr=0.3), fused_update="on")
+    opt = optim.SGD(ref.params, lr=0.3)
+    for X, Y in _batches(np.float64):
+        s(X, Y)
+        ref.forward(X)
+        ref.loss_and_backward(Y)
+        opt.step(ref.grads)
+    for a, b in zip(model.params, ref.params):
+        assert np.array_equal(a, b)                 # exactly the general path
+
+
+@needs_gemm
+def test_guard_stops_a_fused_step_before_any_weight_changes():
+    model = _model(np.float32)
+    s = step.TrainStep(model, optim.SGD(model.params, lr=0.3))
+    X, Y = _batches(np.float32, 1)[0]
+    before = [p.copy() for p in model.params]
+    X[2, 1] = np.nan                                 # a non-finite input: the loss is nan
+    with pytest.raises(Diverged, match="loss is nan"):
+        s(X, Y)
+    for a, b in zip(model.params, before):
+        assert np.array_equal(a, b)
+
+
+def test_guard_vouches_only_for_finite_bounded_gradients():
+    # every dW entry is at most ||dZ|| ||A_prev||: 1e20 * 1e20 * 4 is beyond float32's 3.4e38
+    dZ, A = [np.full((4, 3), 1e-3, np.float32)], [np.ones((4, 6), np.float32)]
+    assert guard.vouch_for_fused_sgd(1.0, dZ, A)
+    assert not guard.vouch_for_fused_sgd(1.0, [np.full((4, 3), 1e20, np.float32)], [np.full((4, 6), 1e20, np.float32)])
+    dZ[0][1, 2] = np.inf
+    assert not guard.vouch_for_fused_sgd(1.0, dZ, A)
+    dZ[0][1, 2] = np.nan
+    assert not guard.vouch_for_fused_sgd(1.0, dZ, A)
+    with pytest.raises(Diverged, match="loss is inf"):
+        guard.vouch_for_fused_sgd(float("inf"), dZ, A)
+
+
+@needs_gemm
+def test_when_the_guard_cannot_vouch_the_step_forms_the_gradients(monkeypatch):
+    monkeypatch.setattr(guard, "vouch_for_fused_sgd", lambda loss, errors, inputs: False)
+    model, ref = _model(np.float32), _model(np.float32)
+    s = step.TrainStep(model, optim.SGD(model.params, lr=0.3))
+    assert s.fused
+    opt = optim.SGD(ref.params, lr=0.3)
+    for X, Y in _batches(np.float32):
+        s(X, Y)
+        ref.forward(X)
+        ref.loss_and_backward(Y)
+        opt.step(ref.grads)
+    for a, b in zip(model.params, ref.params):
+        assert np.array_equal(a, b)                 # exactly the general path
