@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from mbtrain import blas, data, gemm, guard, loadertime, optim, step
+from mbtrain import blas, data, flat, gemm, guard, loadertime, optim, step
 from mbtrain.config import Config
 from mbtrain.errors import DataError
 from mbtrain.model import MLP
@@ -81,7 +81,7 @@ class _Gemms:
     """
 
     def __init__(self, layers: list[int], K: int, dtype, rng: np.random.Generator, fused: bool = False):
-        fill = lambda *shape: rng.standard_normal(shape).astype(dtype)
+        fill = lambda *shape: flat.pack([rng.standard_normal(shape)], dtype)[0]   # aligned, as the step's
         self.fused = fused
         self.layers = []
         for n, m in zip(layers[:-1], layers[1:]):

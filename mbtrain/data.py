@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbtrain import prefetch, streaming
+from mbtrain import flat, prefetch, streaming
 from mbtrain.checks import check  # noqa: F401  (data.check stays importable)
 from mbtrain.errors import DataError
 from mbtrain.normalize import Normalization
@@ -202,8 +202,8 @@ class Batches:
 
     def _buffer(self, K: int, slot: int):
         if (K, slot) not in self._buffers:
-            self._buffers[K, slot] = (np.empty((K, self.data.features), self.dtype),
-                                      np.empty((K, self.classes), self.dtype))
+            self._buffers[K, slot] = (flat.aligned((K, self.data.features), self.dtype),
+                                      flat.aligned((K, self.classes), self.dtype))
         return self._buffers[K, slot]
 
 

@@ -49,6 +49,11 @@ def zeros(shapes: list[tuple], dtype) -> list[np.ndarray]:
     return [buf[o:o + int(np.prod(s, dtype=np.int64))].reshape(s) for o, s in zip(offsets, shapes)]
 
 
+def aligned(shape: tuple, dtype) -> np.ndarray:
+    """A zero-filled array whose data starts on a 64-byte (cache-line) boundary, for buffers BLAS reads."""
+    return zeros([shape], dtype)[0]
+
+
 def zeros_like(arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Zeros shaped like `arrays`: packed when `arrays` are, else separate arrays."""
     if buffer(arrays) is not None:

@@ -82,7 +82,7 @@ class MLP:
         """Allocate Z, A, dZ, dA and sigma' buffers for batch size K (once per K)."""
         if self._K == K:
             return
-        make = lambda m: np.empty((K, m), dtype=self.dtype)
+        make = lambda m: flat.aligned((K, m), self.dtype)       # cache-line aligned, like the params
         self.Z = [make(m) for m in self.layers[1:]]          # (K, m) per layer
         self.A = [make(m) for m in self.layers[1:-1]]        # hidden activations
         self.A_dropped = [make(m) for m in self.layers[1:-1]]  # A * dropout mask, when masks are given
