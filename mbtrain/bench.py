@@ -77,7 +77,8 @@ class _Gemms:
     """Exactly the step's matrix products on buffers of the step's shapes and dtype.
 
     fused: the step folds plain SGD into the weight-gradient products (mbtrain.step), so those
-    are timed as the step runs them, W = W - lr dZ^T A_prev through mbtrain.gemm.
+    are timed as the step runs them, W = W - lr dZ^T A_prev through mbtrain.gemm, into the
+    same W the forward product reads.
     """
 
     def __init__(self, layers: list[int], K: int, dtype, rng: np.random.Generator, fused: bool = False):
@@ -96,8 +97,8 @@ class _Gemms:
             if l > 0:
                 np.matmul(b["dZ"], b["W"], out=b["dA_prev"])         # dA_prev   (K, n)
         for b in self.layers:
-            if self.fused:                                           # W -= lr dZ.T @ A_prev
-                gemm.update(b["dW"], b["dZ"], b["A_prev"], alpha=-1e-3, beta=1.0)
+            if self.fused:                                           # W -= lr dZ.T @ A_prev, in W itself
+                gemm.update(b["W"], b["dZ"], b["A_prev"], alpha=-1e-4, beta=1.0)
             else:
                 np.matmul(b["dZ"].T, b["A_prev"], out=b["dW"])       # dW        (m, n)
 
