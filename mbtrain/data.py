@@ -184,8 +184,15 @@ class Batches:
         The arrays are reused buffers: they are valid until the next batch is requested.
         """
         jobs = self.rows(epoch, first_step)
-        source = prefetch.prefetched(jobs, self._fill) if self.prefetch else \
-            (self._fill(rows, 0) for rows in jobs)
+        if not self.prefetch:
+            clock = time.perf_counter
+            for rows in jobs:
+                waited = clock()
+                X, Y = self._fill(rows, 0)
+                self.wait_seconds += clock() - waited
+                yield X, Y
+            return
+        source = prefetch.prefetched(jobs, self._fill)
         try:
             waited = time.perf_counter()
             for X, Y in source:

@@ -84,9 +84,10 @@ def sigmoid_quadratic(Z, Y, dZ=None):
     K = Z.shape[0]
     A = sigmoid(Z)
     dZ = np.subtract(A, Y, out=dZ)                             # A - Y
-    loss = 0.5 * float((dZ * dZ).sum()) / K
-    A *= 1 - A                                                 # sigma'(Z) = a (1 - a)
-    dZ *= A
+    loss = 0.5 * float(np.vdot(dZ, dZ)) / K
+    prime = np.subtract(1, A)
+    prime *= A                                                 # sigma'(Z) = a (1 - a)
+    dZ *= prime
     dZ /= K
     return loss, dZ
 

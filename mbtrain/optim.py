@@ -22,6 +22,8 @@ AdamW (Loshchilov & Hutter 2019): Adam on g = dW, after the decoupled decay W -=
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from mbtrain import flat
@@ -40,7 +42,7 @@ class _Pieces:
         self._pieces: list = []
 
     def __call__(self, grads: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
-        if len(grads) != len(self._grads) or any(a is not b for a, b in zip(grads, self._grads)):
+        if len(grads) != len(self._grads) or not all(map(operator.is_, grads, self._grads)):
             self._pieces = flat.segments(self.params, grads, *self.state)
             self._grads = tuple(grads)
         return self._pieces
