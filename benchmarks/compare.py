@@ -7,8 +7,12 @@ medians over the rounds. Frameworks that are not installed are skipped (neither 
 dependency of mbtrain). Timing covers the epoch's training steps only (batches from data
 already in memory), not loading or evaluation; test accuracy after the epoch is the sanity check.
 
-    python benchmarks/compare.py                         # settings A and B, 3 rounds
+    python benchmarks/compare.py                         # settings A and B, 5 rounds
     python benchmarks/compare.py --settings A --rounds 5 --threads 1 --json
+
+Threads: every framework of a setting gets the same number, by default its config's
+train.threads (bench-a: 1, tiny products gain nothing from a second thread; bench-b: 0 = all
+cores); --threads N sets it for all settings.
 """
 
 from __future__ import annotations
@@ -112,9 +116,10 @@ def available() -> list[str]:
     return names
 
 
-def compare(setting: str, rounds: int, threads: int) -> dict:
+def compare(setting: str, rounds: int, threads: int | None) -> dict:
     config = os.path.join(ROOT, SETTINGS[setting])
     cfg = load_config(config)
+    threads = cfg.train.threads if threads is None else threads
     params = build_model(cfg).params                 # the initial weights all frameworks start from
     mnist = load_mnist(cfg)
     frameworks = available()
@@ -140,7 +145,7 @@ def compare(setting: str, rounds: int, threads: int) -> dict:
 def table(result: dict) -> str:
     lines = [f"setting {result['setting']}: {'-'.join(map(str, result['network']))} ReLU, batch "
              f"{result['batch_size']}, float32, plain SGD; one epoch, median of {result['rounds']} rounds, "
-             f"threads {result['threads'] or 'default'}",
+             f"threads {result['threads'] or 'all cores'}",
              f"{'framework':10s} {'samples/s':>10s} {'test_acc':>9s}  mbtrain is"]
     mb = result["frameworks"]["mbtrain"]["samples_per_second"]
     for name, row in result["frameworks"].items():
@@ -152,8 +157,9 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="A,B", help="comma-separated: A, B")
-    parser.add_argument("--rounds", type=int, default=3, help="epochs per framework; medians are reported")
-    parser.add_argument("--threads", type=int, default=0, help="BLAS/torch threads (0 = all cores)")
+    parser.add_argument("--rounds", type=int, default=5, help="epochs per framework; medians are reported")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS/torch threads for every setting (0 = all cores; default: the config's train.threads)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     results = [compare(s.strip().upper(), args.rounds, args.threads) for s in args.settings.split(",")]

@@ -135,7 +135,7 @@ def _timed(fn, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def run(cfg: Config, steps: int | None = None, repeats: int = 5) -> dict:
+def run(cfg: Config, steps: int | None = None, repeats: int = 9) -> dict:
     """Measure the three implementations for cfg's network; returns the result as a dict."""
     with blas.limit(cfg.train.threads):
         return _run(cfg, steps, repeats)
@@ -193,10 +193,11 @@ def gradient_check(model: MLP, X: np.ndarray, Y: np.ndarray, dtype) -> dict:
             "loss_per_sample": loss_per_sample}
 
 
-def _calibrate(step, seconds: float = 0.5, least: int = 10, most: int = 2000) -> int:
+def _calibrate(step, seconds: float = 0.3, least: int = 10, most: int = 2000) -> int:
     """Steps per repeat so that one repeat of the vectorized step takes about `seconds`.
 
     The median of three short timings, so that one hiccup of a shared machine does not set it.
+    Many short alternated repeats make the medians robust to the bursts of a shared machine.
     """
     per_step = statistics.median(_timed(step, 3) for _ in range(3))
     return int(min(most, max(least, seconds / max(per_step, 1e-9))))
