@@ -144,6 +144,9 @@ def load_for_checkpoint(ckpt, source, role: str = "evaluation") -> Dataset:
                 regression=cfg.model.output == "identity_mse")
 
 
+CHUNK_BYTES = 1 << 18      # batch data gathered per call: small batches share the per-call costs
+
+
 class Batches:
     """Minibatches of a Dataset in the epoch's seeded order (mbtrain.order), gathered into reused buffers.
 
@@ -168,50 +171,74 @@ class Batches:
 
     def rows(self, epoch: int, first_step: int = 0):
         """The absolute row indices of each step's batch, each sorted so reads go forward in the file."""
+        for group in self.row_groups(epoch, first_step, 1):
+            yield group[0]
+
+    def batches_per_chunk(self) -> int:
+        """Batches gathered together (about CHUNK_BYTES of batch data), so small batches cost a few calls."""
+        per_batch = self.batch_size * self.data.features * self.dtype.itemsize
+        return max(1, CHUNK_BYTES // max(per_batch, 1))
+
+    def row_groups(self, epoch: int, first_step: int = 0, per_group: int | None = None):
+        """Lists of up to `per_group` consecutive batches' row indices, each batch's rows sorted."""
         n, K = len(self.data), self.batch_size
+        per_group = per_group or self.batches_per_chunk()
         order = EpochOrder(self.shuffle, n, self.seed, epoch, self.block_rows, self.buffer_rows)
-        for step in range(first_step, self.steps_per_epoch()):
-            rows = order.rows(step * K, min((step + 1) * K, n))
+        steps = self.steps_per_epoch()
+        for first in range(first_step, steps, per_group):
+            last = min(first + per_group, steps)
+            lo, hi = first * K, min(last * K, n)
+            rows = order.rows(lo, hi)
             if self.shuffle != "none":      # same batch, same mean gradient; forward reads only
-                rows = np.sort(rows)
+                full = (hi - lo) // K       # batches of K rows; the last of an epoch may be shorter
+                rows = np.concatenate([np.sort(rows[:full * K].reshape(full, K), axis=1).reshape(-1),
+                                       np.sort(rows[full * K:])]) if full * K < hi - lo \
+                    else np.sort(rows.reshape(full, K), axis=1).reshape(-1)
             if self.data.start:
                 rows = rows + self.data.start
-            yield rows
+            yield [rows[i:i + K] for i in range(0, hi - lo, K)]
 
     def epoch(self, epoch: int, first_step: int = 0):
         """Yield (X (K, d), Y (K, m)) for each step of the epoch from `first_step` on.
 
-        The arrays are reused buffers: they are valid until the next batch is requested.
+        The arrays are views of reused buffers: they are valid until the next batch is requested.
+        Batches are gathered batches_per_chunk() at a time (identical values either way).
         """
-        jobs = self.rows(epoch, first_step)
+        jobs = self.row_groups(epoch, first_step)
+        clock = time.perf_counter
         if not self.prefetch:
-            clock = time.perf_counter
-            for rows in jobs:
+            for group in jobs:
                 waited = clock()
-                X, Y = self._fill(rows, 0)
+                batches = self._fill(group, 0)
                 self.wait_seconds += clock() - waited
-                yield X, Y
+                yield from batches
             return
         source = prefetch.prefetched(jobs, self._fill)
         try:
-            waited = time.perf_counter()
-            for X, Y in source:
-                self.wait_seconds += time.perf_counter() - waited
-                yield X, Y
-                waited = time.perf_counter()
+            waited = clock()
+            for batches in source:
+                self.wait_seconds += clock() - waited
+                yield from batches
+                waited = clock()
         finally:
             source.close()                  # stops the prefetch thread when the loop ends early
 
-    def _fill(self, rows: np.ndarray, slot: int):
+    def _fill(self, group: list[np.ndarray], slot: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Gather the batches of `group` into buffer slot `slot` in one go; (X, Y) views per batch."""
+        rows = group[0] if len(group) == 1 else np.concatenate(group)
         X, Y = self._buffer(len(rows), slot)
         self.data.gather(rows, X, Y)
-        return X, Y
+        views, at = [], 0
+        for batch in group:
+            views.append((X[at:at + len(batch)], Y[at:at + len(batch)]))
+            at += len(batch)
+        return views
 
-    def _buffer(self, K: int, slot: int):
-        if (K, slot) not in self._buffers:
-            self._buffers[K, slot] = (flat.aligned((K, self.data.features), self.dtype),
-                                      flat.aligned((K, self.classes), self.dtype))
-        return self._buffers[K, slot]
+    def _buffer(self, n: int, slot: int):
+        if (n, slot) not in self._buffers:
+            self._buffers[n, slot] = (flat.aligned((n, self.data.features), self.dtype),
+                                      flat.aligned((n, self.classes), self.dtype))
+        return self._buffers[n, slot]
 
 
 def endless(batches):
