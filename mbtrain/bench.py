@@ -107,14 +107,14 @@ class _Trainer:
     """A model, its optimizer and an endless stream of training batches; step() is one training step."""
 
     def __init__(self, cfg: Config, train_set: data.Dataset, per_sample: bool):
-        from mbtrain.train import build_model
+        from mbtrain.train import build_model, make_batches
         t = cfg.train
         self.model = build_model(cfg)
         self.opt = optim.make(t, self.model.params, n_train=len(train_set))
         self.clip_norm = t.clip_norm
         self.per_sample = per_sample
         self.train_step = step.TrainStep(self.model, self.opt, t.clip_norm, t.fused_update)
-        self.batches = data.Batches(train_set, t.batch_size, True, t.dtype, cfg.model.layers[-1], cfg.seed)
+        self.batches = make_batches(cfg, train_set, drop_last=True)     # as fit gathers them, K rows each
         self.stream = data.endless(self.batches)
 
     def step(self) -> None:
@@ -162,6 +162,8 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):     # alternate the order
             fn, n = runs[name]
             times[name].append(_timed(fn, n))
+    for trainer in (vectorized, per_sample):
+        trainer.stream.close()                                              # stops a prefetch thread
     seconds = {name: statistics.median(v) for name, v in times.items()}
     rate = {name: K / s for name, s in seconds.items()}
     flops = flops_per_step(layers, K)
@@ -169,7 +171,7 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
     return {
         "network": layers, "activation": cfg.model.activation, "output": cfg.model.output,
         "batch_size": K, "dtype": t.dtype, "optimizer": getattr(vectorized.opt, "name", "sgd"),
-        "fused_update": vectorized.train_step.fused,
+        "fused_update": vectorized.train_step.fused, "prefetch": vectorized.batches.prefetch,
         "steps": steps, "per_sample_steps": per_sample_steps, "repeats": repeats, **timing,
         "speedup_over_per_sample": rate["vectorized"] / rate["per_sample"],
         "vectorized_over_gemm_bound": rate["vectorized"] / rate["gemm_bound"],
@@ -208,6 +210,7 @@ def table(result: dict) -> str:
     r = result
     lib = r["blas"]
     fused = " (update fused into the dW products)" if r["fused_update"] else ""
+    fused += ", batches prefetched" if r["prefetch"] else ""
     head = (f"network {'-'.join(map(str, r['network']))} {r['activation']}, batch {r['batch_size']}, "
             f"{r['dtype']}, {r['optimizer']}{fused}; {r['repeats']} repeats of {r['steps']} steps "
             f"({r['per_sample_steps']} per-sample); BLAS {lib['library']} {lib['version']} "

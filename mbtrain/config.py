@@ -58,9 +58,10 @@ class DataConfig:
     block_rows: int = option(4096, "rows per contiguous block for data.shuffle = blocks", min=1, max=2**40)
     buffer_rows: int = option(65536, "rows shuffled together for data.shuffle = blocks (whole blocks)",
                               min=1, max=2**40)
-    prefetch: str = option("auto", "prepare the next batch in a background thread while the current one "
-                                   "trains: auto = on for memory-mapped training data when the process may use "
-                                   "more than one CPU",
+    prefetch: str = option("auto", "prepare the next batches in a background thread while the current one "
+                                   "trains: auto = on when the process may use more than one CPU and either "
+                                   "the training data is memory-mapped, or train.threads leaves a CPU free "
+                                   "and a batch holds 64 KiB or more",
                            choices=("auto", "on", "off"), kind="switch")
     check: bool = option(True, "scan every value before step 1 (labels in range, no NaN/Inf); false "
                                "skips the scan for trusted data (shapes and dtypes are always checked)")

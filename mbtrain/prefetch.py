@@ -19,23 +19,30 @@ DEPTH = 2
 _DONE = object()
 
 
-def enabled(setting: str, file_backed: bool) -> bool:
-    """data.prefetch: on, off, or auto = on for file-backed (memory-mapped) training data when this
-    process may run on more than one CPU.
+# Below this much batch data, handing batches between threads measured slower than gathering
+# them in the loop (784-30-10, batch 10: 31 KB; batch 64 of MNIST, 200 KB, gained; README, Performance)
+MIN_BATCH_BYTES = 1 << 16
+
+
+def enabled(setting: str, file_backed: bool, threads: int = 0, batch_bytes: int = 0) -> bool:
+    """data.prefetch: on, off, or auto = on when this process may run on more than one CPU and either
+    the training data is file-backed (memory-mapped), or train.threads leaves a CPU free for the
+    thread and a batch holds at least MIN_BATCH_BYTES.
 
     Reading rows from a file can wait on the disk, with the GIL released, so overlapping it with
-    the step pays; gathering from an array already in memory is a short copy, and a second
-    thread contending for the GIL measured no faster (README, Data at scale).
+    the step pays. Gathering from memory overlaps too when a core would otherwise idle, but only
+    for batches big enough to outweigh the hand-over; with every core given to BLAS (threads 0,
+    the default) the thread would compete with it.
     """
     if setting in ("on", "off"):
         return setting == "on"
-    if not file_backed:
-        return False
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:                          # not Linux
         cpus = os.cpu_count() or 1
-    return cpus > 1
+    if cpus <= 1:
+        return False
+    return file_backed or (0 < threads < cpus and batch_bytes >= MIN_BATCH_BYTES)
 
 
 class _Failed:

@@ -207,3 +207,17 @@ def test_batches_gathered_in_chunks_equal_batches_gathered_one_by_one(shuffle, d
         assert np.array_equal(X1, X2) and np.array_equal(Y1, Y2)
     seen = np.concatenate([X[:, 0] for X, _ in chunked])       # every row once (drop_last: but the tail)
     assert len(seen) == (len(one_by_one) * 16 if drop_last else 198 - 16)
+
+
+def test_prefetch_auto_needs_a_spare_cpu_and_big_enough_batches(monkeypatch):
+    from mbtrain import prefetch
+    monkeypatch.setattr(prefetch.os, "sched_getaffinity", lambda pid: {0, 1})
+    big = prefetch.MIN_BATCH_BYTES
+    assert prefetch.enabled("on", False) and not prefetch.enabled("off", True)
+    assert prefetch.enabled("auto", True)                              # file-backed data
+    assert prefetch.enabled("auto", False, threads=1, batch_bytes=big)  # a CPU left for the thread
+    assert not prefetch.enabled("auto", False, threads=0, batch_bytes=big)      # BLAS has every CPU
+    assert not prefetch.enabled("auto", False, threads=2, batch_bytes=big)
+    assert not prefetch.enabled("auto", False, threads=1, batch_bytes=big - 1)  # hand-over costs more
+    monkeypatch.setattr(prefetch.os, "sched_getaffinity", lambda pid: {0})
+    assert not prefetch.enabled("auto", True)                          # one CPU: nothing to overlap
