@@ -135,33 +135,8 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
     log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr, flush=True))
     train_set, val_set, test_set = splits or load_splits(cfg, resume.normalization if resume else None)
     t = cfg.train
-    model = MLP(resume.params, cfg.model.activation, cfg.model.output) if resume else build_model(cfg)
-    opt = optim.make(t, model.params, n_train=len(train_set))
-    train_step = step.TrainStep(model, opt, t.clip_norm, t.fused_update)
-    state = {"epoch": 0, "epoch_step": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
-             "seconds": 0.0, **monitor.INITIAL_STATE}
-    if resume:
-        _check_optimizer_state(resume, opt)
-        opt.load_state(resume.optimizer)
-        state.update({k: resume.meta[k] for k in state if k in resume.meta})
-    task = tasks.task_of(cfg.model.output, train_set.y, cfg.model.layers[-1])
-    batches = make_batches(cfg, train_set)
-    steps = batches.steps_per_epoch()
-    if steps == 0:
-        raise DataError(f"{train_set.name}: {len(train_set)} training samples make no full batch of "
-                        f"train.batch_size = {t.batch_size} with data.drop_last = true")
-    columns = runs.METRICS + (runs.REGRESSION_METRICS if task == "regression" else [])
-    metrics = runs.MetricsLog(run_dir, state["epoch"], columns)
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    for folder in (run_dir, ckpt_dir):              # temp files left by a write that was SIGKILLed
-        checkpoint.remove_stale_temp(folder)
-    every = cfg.checkpoint.every_steps
-
-    def save(name: str) -> None:
-        meta = dict(state, seed=cfg.seed)
-        checkpoint.save(checkpoint.Checkpoint(model.params, opt.state(), cfg, meta, train_set.normalization),
-                        os.path.join(ckpt_dir, name))
-
+    run = _Run(cfg, run_dir, train_set, resume)
+    state, steps = run.state, run.steps
     show_bar = not quiet and sys.stderr.isatty()
     wall_start = time.perf_counter()
     # overflow to inf/nan is caught by guard.check_step with a clear message, not numpy warnings
@@ -170,57 +145,110 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
             if state["stopped_early"]:                  # resumed from a run that had stopped early
                 break
             epoch_start = time.perf_counter()
-            bar = tqdm(total=steps, initial=state["epoch_step"], disable=not show_bar, leave=False,
-                       file=sys.stderr, desc=f"epoch {epoch + 1}/{t.epochs}", mininterval=0.25)
             lr_epoch = schedules.lr_at(t, epoch * steps, steps, state["lr_scale"])  # at the first step
-            for X, Y in batches.epoch(epoch, state["epoch_step"]):
-                opt.lr = schedules.lr_at(t, state["step"], steps, state["lr_scale"])
-                masks = dropout.masks(cfg.seed, epoch, state["epoch_step"], len(X), model.layers[1:-1],
-                                      cfg.model.dropout, model.dtype) if cfg.model.dropout else None
-                try:
-                    loss = train_step(X, Y, masks)           # forward, backward, guard, update
-                except Diverged as e:
-                    bar.close()
-                    raise _diverged(e, epoch, state, ckpt_dir) from None
-                state["loss_sum"] += loss * len(X)
-                state["correct"] += tasks.count_correct(model.Z[-1], Y, task)
-                state["seen"] += len(X)
-                state["step"] += 1
-                state["epoch_step"] += 1
-                testhook.at("step")
-                if every and state["step"] % every == 0 and state["epoch_step"] < steps:
-                    save("last.npz")                  # mid-epoch; the epoch end saves below
-                if show_bar:
-                    bar.update(1)
-                    bar.set_postfix(step=state["step"], loss=f"{state['loss_sum'] / state['seen']:.4f}",
-                                    refresh=False)
-                if stop.signal is not None:
-                    bar.close()
-                    state["seconds"] += time.perf_counter() - epoch_start
-                    save("last.npz")
-                    raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state['epoch_step']}; "
-                                      f"checkpoint saved to {os.path.join(ckpt_dir, 'last.npz')}")
-            bar.close()
-            row = _end_epoch(model, state, epoch, lr_epoch, val_set, t.eval_batch_size, task)
-            state["seconds"] += time.perf_counter() - epoch_start
-            row["seconds"] = round(time.perf_counter() - epoch_start, 3)
-            improved = monitor.end_epoch(state, row, t)
-            # last.npz is the commit point: written last, so a kill before it re-runs this epoch
-            # from the previous checkpoint (metrics.csv is truncated to its epochs on resume)
-            metrics.append(row)
-            if improved:
-                save("best.npz")
-            save("last.npz")
-            testhook.at("epoch")
-            log(_epoch_line(row, t.epochs))
-            if state["stopped_early"]:
-                log(f"early stopping: {t.monitor} has not improved for {state['stale_epochs']} epochs "
-                    f"(best: epoch {state['best_epoch']})")
+            run.train_epoch(epoch, epoch_start, stop, show_bar)
+            if run.end_epoch(epoch, epoch_start, lr_epoch, val_set, log):
                 break
     if t.restore_best:
-        _restore_best(model, ckpt_dir)
-    return _summary(cfg, run_dir, model, state, metrics.rows, test_set, ckpt_dir,
+        _restore_best(run.model, run.ckpt_dir)
+    return _summary(cfg, run_dir, run.model, state, run.metrics.rows, test_set, run.ckpt_dir,
                     time.perf_counter() - wall_start)
+
+
+class _Run:
+    """One fit's moving parts: model, optimizer, step, the loop's state, batches, metrics.csv, checkpoints.
+
+    `state` holds plain values only (counters, running sums, monitor.INITIAL_STATE); every
+    checkpoint saves it as its meta, and a resumed run starts from it.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str, train_set: data.Dataset,
+                 resume: checkpoint.Checkpoint | None):
+        t, m = cfg.train, cfg.model
+        self.cfg, self.train_set = cfg, train_set
+        self.model = MLP(resume.params, m.activation, m.output) if resume else build_model(cfg)
+        self.opt = optim.make(t, self.model.params, n_train=len(train_set))
+        self.train_step = step.TrainStep(self.model, self.opt, t.clip_norm, t.fused_update)
+        self.state = {"epoch": 0, "epoch_step": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
+                      "seconds": 0.0, **monitor.INITIAL_STATE}
+        if resume:
+            _check_optimizer_state(resume, self.opt)
+            self.opt.load_state(resume.optimizer)
+            self.state.update({k: resume.meta[k] for k in self.state if k in resume.meta})
+        self.task = tasks.task_of(m.output, train_set.y, m.layers[-1])
+        self.batches = make_batches(cfg, train_set)
+        self.steps = self.batches.steps_per_epoch()
+        if self.steps == 0:
+            raise DataError(f"{train_set.name}: {len(train_set)} training samples make no full batch of "
+                            f"train.batch_size = {t.batch_size} with data.drop_last = true")
+        columns = runs.METRICS + (runs.REGRESSION_METRICS if self.task == "regression" else [])
+        self.metrics = runs.MetricsLog(run_dir, self.state["epoch"], columns)
+        self.ckpt_dir = os.path.join(run_dir, "checkpoints")
+        for folder in (run_dir, self.ckpt_dir):         # temp files left by a write that was SIGKILLed
+            checkpoint.remove_stale_temp(folder)
+
+    def save(self, name: str) -> None:
+        """checkpoints/`name`: weights, optimizer state, config, the loop's state and normalization."""
+        meta = dict(self.state, seed=self.cfg.seed)
+        checkpoint.save(checkpoint.Checkpoint(self.model.params, self.opt.state(), self.cfg, meta,
+                                              self.train_set.normalization),
+                        os.path.join(self.ckpt_dir, name))
+
+    def train_epoch(self, epoch: int, epoch_start: float, stop: _StopFlag, show_bar: bool) -> None:
+        """The steps of `epoch` from state["epoch_step"] on; raises Diverged, or Interrupted on a signal."""
+        cfg, t, state, model, opt, train_step = (self.cfg, self.cfg.train, self.state, self.model,
+                                                 self.opt, self.train_step)
+        task, steps, every = self.task, self.steps, cfg.checkpoint.every_steps
+        bar = tqdm(total=steps, initial=state["epoch_step"], disable=not show_bar, leave=False,
+                   file=sys.stderr, desc=f"epoch {epoch + 1}/{t.epochs}", mininterval=0.25)
+        for X, Y in self.batches.epoch(epoch, state["epoch_step"]):
+            opt.lr = schedules.lr_at(t, state["step"], steps, state["lr_scale"])
+            masks = dropout.masks(cfg.seed, epoch, state["epoch_step"], len(X), model.layers[1:-1],
+                                  cfg.model.dropout, model.dtype) if cfg.model.dropout else None
+            try:
+                loss = train_step(X, Y, masks)           # forward, backward, guard, update
+            except Diverged as e:
+                bar.close()
+                raise _diverged(e, epoch, state, self.ckpt_dir) from None
+            state["loss_sum"] += loss * len(X)
+            state["correct"] += tasks.count_correct(model.Z[-1], Y, task)
+            state["seen"] += len(X)
+            state["step"] += 1
+            state["epoch_step"] += 1
+            testhook.at("step")
+            if every and state["step"] % every == 0 and state["epoch_step"] < steps:
+                self.save("last.npz")                  # mid-epoch; the epoch end saves in end_epoch
+            if show_bar:
+                bar.update(1)
+                bar.set_postfix(step=state["step"], loss=f"{state['loss_sum'] / state['seen']:.4f}",
+                                refresh=False)
+            if stop.signal is not None:
+                bar.close()
+                state["seconds"] += time.perf_counter() - epoch_start
+                self.save("last.npz")
+                raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state['epoch_step']}; "
+                                  f"checkpoint saved to {os.path.join(self.ckpt_dir, 'last.npz')}")
+        bar.close()
+
+    def end_epoch(self, epoch: int, epoch_start: float, lr: float, val_set, log) -> bool:
+        """Metrics row, monitor, then metrics.csv, best.npz, last.npz, log line; True: stop early."""
+        t, state = self.cfg.train, self.state
+        row = _epoch_row(self.model, state, epoch, lr, val_set, t.eval_batch_size, self.task)
+        state["seconds"] += time.perf_counter() - epoch_start
+        row["seconds"] = round(time.perf_counter() - epoch_start, 3)
+        improved = monitor.end_epoch(state, row, t)
+        # last.npz is the commit point: written last, so a kill before it re-runs this epoch
+        # from the previous checkpoint (metrics.csv is truncated to its epochs on resume)
+        self.metrics.append(row)
+        if improved:
+            self.save("best.npz")
+        self.save("last.npz")
+        testhook.at("epoch")
+        log(_epoch_line(row, t.epochs))
+        if state["stopped_early"]:
+            log(f"early stopping: {t.monitor} has not improved for {state['stale_epochs']} epochs "
+                f"(best: epoch {state['best_epoch']})")
+        return state["stopped_early"]
 
 
 def _diverged(e: Diverged, epoch: int, state: dict, ckpt_dir: str) -> Diverged:
@@ -240,7 +268,7 @@ def _check_optimizer_state(resume, opt) -> None:
                               f"match the configured optimizer ({sorted(expected) or 'none'})")
 
 
-def _end_epoch(model, state, epoch, lr, val_set, eval_batch_size, task) -> dict:
+def _epoch_row(model, state, epoch, lr, val_set, eval_batch_size, task) -> dict:
     """The epoch's metrics row; resets the running sums for the next epoch."""
     row = {"epoch": epoch + 1, "step": state["step"], "train_loss": state["loss_sum"] / state["seen"],
            "train_acc": state["correct"] / state["seen"] if task != "regression" else None, "lr": lr}
