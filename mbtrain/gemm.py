@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import weakref
 
 import numpy as np
 
@@ -102,19 +103,20 @@ def _call(fn, C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: f
        float(beta), _address(C), max(n, 1))
 
 
-_addresses: dict[int, tuple[np.ndarray, int]] = {}
+_addresses: dict[int, tuple[weakref.ref, int]] = {}
 
 
 def _address(a: np.ndarray) -> int:
     """a's data pointer; cached per array object (asking numpy costs a microsecond, a step asks often).
 
-    The cache holds the array itself, so its id cannot be reused while the entry lives.
+    Entries hold weak references: they keep no array alive, and an id reused by a new array
+    finds its entry's array gone.
     """
     hit = _addresses.get(id(a))
-    if hit is not None and hit[0] is a:
+    if hit is not None and hit[0]() is a:
         return hit[1]
     if len(_addresses) >= 256:
         _addresses.clear()
     address = a.__array_interface__["data"][0]
-    _addresses[id(a)] = (a, address)
+    _addresses[id(a)] = (weakref.ref(a), address)
     return address

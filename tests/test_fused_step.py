@@ -161,3 +161,20 @@ def test_when_the_guard_cannot_vouch_the_step_forms_the_gradients(monkeypatch):
         opt.step(ref.grads)
     for a, b in zip(model.params, ref.params):
         assert np.array_equal(a, b)                 # exactly the general path
+
+
+@needs_gemm
+def test_update_keeps_no_array_alive_and_follows_new_arrays_at_old_ids():
+    import gc
+    import weakref
+    for _ in range(300):                               # more arrays than the address cache holds
+        C = np.zeros((2, 3), np.float32)
+        A, B = np.ones((4, 2), np.float32), np.ones((4, 3), np.float32)
+        gemm.update(C, A, B, alpha=1.0, beta=0.0)
+        assert (C == 4).all()                          # written where this C lives, not an old one
+    probe = np.zeros((2, 3), np.float32)
+    ref = weakref.ref(probe)
+    gemm.update(probe, A, B, alpha=1.0, beta=0.0)
+    del probe
+    gc.collect()
+    assert ref() is None
