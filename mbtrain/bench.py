@@ -74,7 +74,8 @@ def flops_per_step(layers: list[int], K: int) -> int:
 
 
 class _Gemms:
-    """Exactly the step's matrix products on buffers of the step's shapes and dtype.
+    """Exactly the step's matrix products, on buffers laid out and shared between layers as the
+    model's are (layer l reads layer l-1's activations; its error product writes layer l-1's dZ).
 
     fused: the step folds plain SGD into the weight-gradient products (mbtrain.step), so those
     are timed as the step runs them, W = W - lr dZ^T A_prev through mbtrain.gemm, into the
@@ -84,23 +85,24 @@ class _Gemms:
     def __init__(self, layers: list[int], K: int, dtype, rng: np.random.Generator, fused: bool = False):
         fill = lambda *shape: flat.pack([rng.standard_normal(shape)], dtype)[0]   # aligned, as the step's
         self.fused = fused
-        self.layers = []
-        for n, m in zip(layers[:-1], layers[1:]):
-            self.layers.append(dict(A_prev=fill(K, n), W=fill(m, n), Z=fill(K, m), dZ=fill(K, m),
-                                    dW=fill(m, n), dA_prev=fill(K, n)))
+        self.X = fill(K, layers[0])
+        self.W = [fill(m, n) for n, m in zip(layers[:-1], layers[1:])]
+        self.dW = [fill(m, n) for n, m in zip(layers[:-1], layers[1:])] if not fused else []
+        self.Z = [fill(K, m) for m in layers[1:]]
+        self.A = [fill(K, m) for m in layers[1:-1]]           # hidden activations, the next layer's input
+        self.dZ = [fill(K, m) for m in layers[1:]]
 
     def run(self) -> None:
-        for b in self.layers:
-            np.matmul(b["A_prev"], b["W"].T, out=b["Z"])             # forward   (K, m)
-        for l in range(len(self.layers) - 1, -1, -1):
-            b = self.layers[l]
-            if l > 0:
-                np.matmul(b["dZ"], b["W"], out=b["dA_prev"])         # dA_prev   (K, n)
-        for b in self.layers:
-            if self.fused:                                           # W -= lr dZ.T @ A_prev, in W itself
-                gemm.update(b["W"], b["dZ"], b["A_prev"], alpha=-1e-4, beta=1.0)
+        inputs = [self.X] + self.A
+        for l, W in enumerate(self.W):
+            np.matmul(inputs[l], W.T, out=self.Z[l])                # forward   Z = A_prev @ W.T   (K, m)
+        for l in range(len(self.W) - 1, 0, -1):
+            np.matmul(self.dZ[l], self.W[l], out=self.dZ[l - 1])    # errors    dZ @ W             (K, n)
+        for l, W in enumerate(self.W):
+            if self.fused:                                          # W -= lr dZ.T @ A_prev
+                gemm.update(W, self.dZ[l], inputs[l], alpha=-1e-4, beta=1.0)
             else:
-                np.matmul(b["dZ"].T, b["A_prev"], out=b["dW"])       # dW        (m, n)
+                np.matmul(self.dZ[l].T, inputs[l], out=self.dW[l])  # dW = dZ.T @ A_prev           (m, n)
 
 
 class _Trainer:
@@ -125,6 +127,11 @@ class _Trainer:
         loss, grads = per_sample_gradients(self.model, X, Y)
         guard.check_step(loss, grads, self.clip_norm)            # as fit does, before the update
         self.opt.step(grads)
+
+
+# pause after each timed block: the vectorized step's prefetch thread (when on) goes on filling
+# its queue after the block and would otherwise run during the next implementation's timing
+SETTLE_SECONDS = 0.02
 
 
 def _timed(fn, steps: int) -> float:
@@ -162,6 +169,7 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):     # alternate the order
             fn, n = runs[name]
             times[name].append(_timed(fn, n))
+            time.sleep(SETTLE_SECONDS)      # a prefetch thread refills its queue outside any timing
     for trainer in (vectorized, per_sample):
         trainer.stream.close()                                              # stops a prefetch thread
     seconds = {name: statistics.median(v) for name, v in times.items()}
