@@ -55,6 +55,18 @@ def _batches(dtype, n=5, K=8):
             for _ in range(n)]
 
 
+def assert_same_as_the_general_path(train_step, model, ref, dtype):
+    """train_step over some batches leaves model's weights bit-identical to forming dW and SGD on ref."""
+    opt = optim.SGD(ref.params, lr=0.3)
+    for X, Y in _batches(dtype):
+        train_step(X, Y)
+        ref.forward(X)
+        ref.loss_and_backward(Y)
+        opt.step(ref.grads)
+    for a, b in zip(model.params, ref.params):
+        assert np.array_equal(a, b)
+
+
 @needs_gemm
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("with_dropout", [False, True])
@@ -111,14 +123,7 @@ def test_without_blas_gemm_the_step_takes_the_general_path(monkeypatch):
     assert not s.fused
     with pytest.raises(MbtrainError, match="train.fused_update = on"):
         step.TrainStep(model, optim.SGD(model.params, lr=0.3), fused_update="on")
-    opt = optim.SGD(ref.params, lr=0.3)
-    for X, Y in _batches(np.float64):
-        s(X, Y)
-        ref.forward(X)
-        ref.loss_and_backward(Y)
-        opt.step(ref.grads)
-    for a, b in zip(model.params, ref.params):
-        assert np.array_equal(a, b)                 # exactly the general path
+    assert_same_as_the_general_path(s, model, ref, np.float64)
 
 
 @needs_gemm
@@ -153,14 +158,7 @@ def test_when_the_guard_cannot_vouch_the_step_forms_the_gradients(monkeypatch):
     model, ref = _model(np.float32), _model(np.float32)
     s = step.TrainStep(model, optim.SGD(model.params, lr=0.3))
     assert s.fused
-    opt = optim.SGD(ref.params, lr=0.3)
-    for X, Y in _batches(np.float32):
-        s(X, Y)
-        ref.forward(X)
-        ref.loss_and_backward(Y)
-        opt.step(ref.grads)
-    for a, b in zip(model.params, ref.params):
-        assert np.array_equal(a, b)                 # exactly the general path
+    assert_same_as_the_general_path(s, model, ref, np.float32)
 
 
 @needs_gemm

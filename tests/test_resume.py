@@ -37,15 +37,18 @@ def reference_run(root, cfg: dict):
     return str(path), str(ref)
 
 
+def blobs_run(root, data_seed: int, cfg: dict):
+    """reference_run of cfg on 240 blobs (8 features, 3 classes) in root/train.npz, 40 for validation."""
+    x, y = make_blobs(240, 8, 3, seed=data_seed)
+    np.savez(root / "train.npz", x=x, y=y)
+    return reference_run(root, {**cfg, "data": {"train": str(root / "train.npz"), "validation": 40}})
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(config path, reference run dir): the config and its uninterrupted run."""
-    root = tmp_path_factory.mktemp("resume")
-    x, y = make_blobs(240, 8, 3, seed=5)
-    np.savez(root / "train.npz", x=x, y=y)
-    return reference_run(root, {
+    return blobs_run(tmp_path_factory.mktemp("resume"), 5, {
         "seed": 11,
-        "data": {"train": str(root / "train.npz"), "validation": 40},
         "model": {"layers": [8, 12, 3], "activation": "tanh"},
         "train": {"epochs": 3, "batch_size": 16, "lr": 0.3, "momentum": 0.9, "nesterov": True,
                   "weight_decay": 1e-4, "schedule": "cosine", "clip_norm": 1.0},
@@ -174,12 +177,8 @@ def test_sigkill_at_random_times_then_resume(setup, tmp_path):
 @pytest.fixture(scope="module")
 def setup_plain(tmp_path_factory):
     """Plain SGD in float32: the step folds the update into the weight-gradient products (mbtrain.step)."""
-    root = tmp_path_factory.mktemp("resume_plain")
-    x, y = make_blobs(240, 8, 3, seed=7)
-    np.savez(root / "train.npz", x=x, y=y)
-    return reference_run(root, {
+    return blobs_run(tmp_path_factory.mktemp("resume_plain"), 7, {
         "seed": 13,
-        "data": {"train": str(root / "train.npz"), "validation": 40},
         "model": {"layers": [8, 12, 3], "activation": "relu"},
         "train": {"epochs": 3, "batch_size": 16, "lr": 0.1, "dtype": "float32", "fused_update": "on"},
         "checkpoint": {"every_steps": 5},
