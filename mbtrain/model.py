@@ -134,6 +134,10 @@ class MLP:
     def backward(self, dZ: np.ndarray) -> None:
         """Fill self.grads from the output error dZ (K, m_L) of the last forward()."""
         self.backward_errors(dZ)
+        self.weight_gradients()
+
+    def weight_gradients(self) -> None:
+        """dW of every layer into self.grads, from the errors of backward_errors()."""
         for l in range(len(self.Z)):
             np.matmul(self.dZ[l].T, self._layer_input(l), out=self.grads[2 * l])   # dW = dZ.T @ A_prev  (m, n)
 

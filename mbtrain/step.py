@@ -66,8 +66,7 @@ class TrainStep:
         loss = model.loss_and_errors(Y)                                # every dZ and db, no dW
         inputs = model.layer_inputs()
         if not guard.vouch_for_fused_sgd(loss, model.dZ, inputs):     # form dW and check it
-            for l, A_prev in enumerate(inputs):
-                np.matmul(model.dZ[l].T, A_prev, out=model.grads[2 * l])
+            model.weight_gradients()
             guard.check_step(loss, model.grads, self.clip_norm, model.grad_buffer)
             self.opt.step(model.grads)
             return loss
