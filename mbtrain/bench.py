@@ -105,10 +105,10 @@ class _Gemms:
                 np.matmul(self.dZ[l].T, inputs[l], out=self.dW[l])  # dW = dZ.T @ A_prev           (m, n)
 
 
-class _Trainer:
+class Trainer:
     """A model, its optimizer and an endless stream of training batches; step() is one training step."""
 
-    def __init__(self, cfg: Config, train_set: data.Dataset, per_sample: bool):
+    def __init__(self, cfg: Config, train_set: data.Dataset, per_sample: bool, prefetch: str | None = None):
         from mbtrain.train import build_model, make_batches
         t = cfg.train
         self.model = build_model(cfg)
@@ -116,7 +116,7 @@ class _Trainer:
         self.clip_norm = t.clip_norm
         self.per_sample = per_sample
         self.train_step = step.TrainStep(self.model, self.opt, t.clip_norm, t.fused_update)
-        self.batches = make_batches(cfg, train_set, drop_last=True)     # as fit gathers them, K rows each
+        self.batches = make_batches(cfg, train_set, prefetch, drop_last=True)   # as fit makes them, K rows each
         self.stream = data.endless(self.batches)
 
     def step(self) -> None:
@@ -155,7 +155,7 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
     if len(train_set) < K:
         raise DataError(f"{train_set.name}: {len(train_set)} training samples make no batch of "
                         f"train.batch_size = {K}")
-    vectorized, per_sample = _Trainer(cfg, train_set, False), _Trainer(cfg, train_set, True)
+    vectorized, per_sample = Trainer(cfg, train_set, False), Trainer(cfg, train_set, True)
     check = gradient_check(vectorized.model, *next(vectorized.stream), t.dtype)
     gemms = _Gemms(layers, K, t.dtype, np.random.default_rng(cfg.seed), vectorized.train_step.fused)
     steps = steps or _calibrate(vectorized.step)

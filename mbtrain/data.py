@@ -169,18 +169,14 @@ class Batches:
         n, K = len(self.data), self.batch_size
         return n // K if self.drop_last else -(-n // K)
 
-    def rows(self, epoch: int, first_step: int = 0):
-        """The absolute row indices of each step's batch, each sorted so reads go forward in the file."""
-        for group in self.row_groups(epoch, first_step, 1):
-            yield group[0]
-
     def batches_per_chunk(self) -> int:
         """Batches gathered together (about CHUNK_BYTES of batch data), so small batches cost a few calls."""
         per_batch = self.batch_size * self.data.features * self.dtype.itemsize
         return max(1, CHUNK_BYTES // max(per_batch, 1))
 
     def row_groups(self, epoch: int, first_step: int = 0, per_group: int | None = None):
-        """Lists of up to `per_group` consecutive batches' row indices, each batch's rows sorted."""
+        """Lists of up to `per_group` consecutive batches' absolute row indices, each batch's rows
+        sorted so reads go forward in the file."""
         n, K = len(self.data), self.batch_size
         per_group = per_group or self.batches_per_chunk()
         order = EpochOrder(self.shuffle, n, self.seed, epoch, self.block_rows, self.buffer_rows)

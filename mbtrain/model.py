@@ -55,13 +55,14 @@ class MLP:
 
     params: [W0, b0, W1, b1, ...] (copied in); grads: the same shapes, filled by backward().
     Each list is packed into one buffer (mbtrain.flat), so an optimizer step or the gradient's
-    norm is one pass over param_buffer / grad_buffer rather than a few numpy calls per array.
+    norm is one pass over a buffer (grad_buffer for the gradients) rather than a few numpy calls
+    per array.
     """
 
     def __init__(self, params: list[np.ndarray], activation: str, output: str):
         self.params = flat.pack(params)
         self.grads = flat.zeros_like(self.params)
-        self.param_buffer, self.grad_buffer = flat.buffer(self.params), flat.buffer(self.grads)
+        self.grad_buffer = flat.buffer(self.grads)
         self.activation_name, self.output_name = activation, output
         self.act = activations.get(activation)
         self.out = losses.get(output)

@@ -91,21 +91,26 @@ class SGD:
 
 def _add_l2(params: list[np.ndarray], grads: list[np.ndarray], weight_decay: float,
             out: list[np.ndarray]) -> list[np.ndarray]:
-    """out = grads + lambda W for the weights (even i), a copy of the bias gradients; returns out."""
+    """out = grads with the coupled L2 term (_coupled_l2) of every array; returns out."""
     for i, (p, dp, g) in enumerate(zip(params, grads, out)):
-        if i % 2 == 0:
-            np.multiply(p, weight_decay, out=g)
-            g += dp                                              # g = dW + lambda W
-        else:
-            np.copyto(g, dp)
+        _coupled_l2(p, dp, i, weight_decay, out=g)
     return out
 
 
-def _coupled_l2(p: np.ndarray, dp: np.ndarray, i: int, weight_decay: float) -> np.ndarray:
-    """g = dW + lambda W for weights (even i), dp itself for biases or lambda = 0."""
-    if weight_decay and i % 2 == 0:
-        return dp + p.dtype.type(weight_decay) * p
-    return dp
+def _coupled_l2(p: np.ndarray, dp: np.ndarray, i: int, weight_decay: float,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """g = dW + lambda W for weights (even i), dp itself for biases or lambda = 0 (into `out` when given).
+
+    The one place the coupled L2 term is computed: every optimizer and `mbtrain gradcheck` use it.
+    """
+    if not (weight_decay and i % 2 == 0):
+        if out is None:
+            return dp
+        np.copyto(out, dp)
+        return out
+    g = np.multiply(p, weight_decay, out=out)
+    g += dp                                                      # g = dW + lambda W
+    return g
 
 
 class RMSprop:

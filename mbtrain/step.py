@@ -58,20 +58,17 @@ class TrainStep:
     def __call__(self, X: np.ndarray, Y: np.ndarray, masks: list[np.ndarray] | None = None) -> float:
         model = self.model
         model.forward(X, masks)                                        # (K, m_L)
-        if not self.fused:
+        if self.fused:
+            loss = model.loss_and_errors(Y)                            # every dZ and db, no dW
+            if guard.vouch_for_fused_sgd(loss, model.dZ, model.layer_inputs()):
+                lr = model.dtype.type(self.opt.lr)
+                for b, db, scratch in zip(model.biases, model.grads[1::2], self._bias_step):
+                    b -= np.multiply(db, lr, out=scratch)              # b -= lr db
+                model.sgd_update_weights(lr)                           # W -= lr dZ^T A_prev
+                return loss
+            model.weight_gradients()                                   # not vouched for: form dW, check it
+        else:
             loss = model.loss_and_backward(Y)
-            guard.check_step(loss, model.grads, self.clip_norm, model.grad_buffer)   # before the update
-            self.opt.step(model.grads)
-            return loss
-        loss = model.loss_and_errors(Y)                                # every dZ and db, no dW
-        inputs = model.layer_inputs()
-        if not guard.vouch_for_fused_sgd(loss, model.dZ, inputs):     # form dW and check it
-            model.weight_gradients()
-            guard.check_step(loss, model.grads, self.clip_norm, model.grad_buffer)
-            self.opt.step(model.grads)
-            return loss
-        lr = model.dtype.type(self.opt.lr)
-        for b, db, scratch in zip(model.biases, model.grads[1::2], self._bias_step):
-            b -= np.multiply(db, lr, out=scratch)                      # b -= lr db
-        model.sgd_update_weights(lr)                                   # W -= lr dZ^T A_prev
+        guard.check_step(loss, model.grads, self.clip_norm, model.grad_buffer)   # before the update
+        self.opt.step(model.grads)
         return loss
