@@ -2,12 +2,13 @@
 
 Same network, batch size, initial weights (mbtrain's He init, copied into the others), plain
 SGD with a constant learning rate, float32, ReLU, softmax cross-entropy. Each round trains
-every framework for one epoch from those same weights, in alternating order; the figures are
-medians over the rounds. Frameworks that are not installed are skipped (neither is a
+every framework for one epoch from those same weights, in alternating order; samples/s are
+medians over the rounds, and each ratio the median over rounds of that round's own ratio (its
+epochs ran back to back, so a slow stretch of a shared machine slows both sides alike). Frameworks that are not installed are skipped (neither is a
 dependency of mbtrain). Timing covers the epoch's training steps only (batches from data
 already in memory), not loading or evaluation; test accuracy after the epoch is the sanity check.
 
-    python benchmarks/compare.py                         # settings A and B, 5 rounds
+    python benchmarks/compare.py                         # settings A and B, 9 rounds
     python benchmarks/compare.py --settings A --rounds 5 --threads 1 --json
 
 Threads: every framework of a setting gets the same number, by default its config's
@@ -136,8 +137,9 @@ def compare(setting: str, rounds: int, threads: int | None) -> dict:
     for name, runs in results.items():
         rows[name] = {"samples_per_second": statistics.median(60000 / r["seconds"] for r in runs),
                       "test_acc": statistics.median(r["test_acc"] for r in runs)}
-    for name in frameworks[1:]:
-        rows["mbtrain"][f"over_{name}"] = rows["mbtrain"]["samples_per_second"] / rows[name]["samples_per_second"]
+    for name in frameworks[1:]:     # each round's own ratio (its epochs ran back to back), median over rounds
+        rows["mbtrain"][f"over_{name}"] = statistics.median(
+            b["seconds"] / a["seconds"] for a, b in zip(results["mbtrain"], results[name]))
     return {"setting": setting, "network": cfg.model.layers, "batch_size": cfg.train.batch_size,
             "rounds": rounds, "threads": threads, "frameworks": rows}
 
@@ -147,9 +149,8 @@ def table(result: dict) -> str:
              f"{result['batch_size']}, float32, plain SGD; one epoch, median of {result['rounds']} rounds, "
              f"threads {result['threads'] or 'all cores'}",
              f"{'framework':10s} {'samples/s':>10s} {'test_acc':>9s}  mbtrain is"]
-    mb = result["frameworks"]["mbtrain"]["samples_per_second"]
     for name, row in result["frameworks"].items():
-        ratio = "" if name == "mbtrain" else f"{mb / row['samples_per_second']:.2f}x"
+        ratio = "" if name == "mbtrain" else f"{result['frameworks']['mbtrain'][f'over_{name}']:.2f}x"
         lines.append(f"{name:10s} {row['samples_per_second']:>10,.0f} {row['test_acc']:>9.4f}  {ratio}")
     return "\n".join(lines)
 
@@ -157,7 +158,7 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="A,B", help="comma-separated: A, B")
-    parser.add_argument("--rounds", type=int, default=5, help="epochs per framework; medians are reported")
+    parser.add_argument("--rounds", type=int, default=9, help="epochs per framework; medians are reported")
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS/torch threads for every setting (0 = all cores; default: the config's train.threads)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -8,7 +8,9 @@ gathered from its training data:
   gemm_bound  - only the step's matrix products (Z = A_prev @ W.T, dA_prev = dZ @ W, and
                 dW = dZ.T @ A_prev, or W -= lr dZ.T @ A_prev when the step fuses plain SGD
                 into them, mbtrain.step; same shapes, transposes, dtype), timed alone.
-Implementations alternate inside each repeat; each figure is the median over repeats.
+Implementations alternate inside each repeat; each rate is the median over repeats, and each
+ratio the median over repeats of that repeat's own ratio: its two timings are a fraction of a
+second apart, so a slow stretch of a shared machine slows both sides of it alike.
 
     mbtrain bench configs/mnist.yaml --set model.layers=[784,100,10] --set train.batch_size=64
 """
@@ -174,6 +176,7 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         trainer.stream.close()                                              # stops a prefetch thread
     seconds = {name: statistics.median(v) for name, v in times.items()}
     rate = {name: K / s for name, s in seconds.items()}
+    paired = lambda slow, fast: statistics.median(a / b for a, b in zip(times[slow], times[fast]))
     flops = flops_per_step(layers, K)
     timing = {name: {"samples_per_second": rate[name], "step_ms": 1e3 * seconds[name]} for name in runs}
     return {
@@ -181,8 +184,9 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         "batch_size": K, "dtype": t.dtype, "optimizer": getattr(vectorized.opt, "name", "sgd"),
         "fused_update": vectorized.train_step.fused, "prefetch": vectorized.batches.prefetch,
         "steps": steps, "per_sample_steps": per_sample_steps, "repeats": repeats, **timing,
-        "speedup_over_per_sample": rate["vectorized"] / rate["per_sample"],
-        "vectorized_over_gemm_bound": rate["vectorized"] / rate["gemm_bound"],
+        "speedup_over_per_sample": paired("per_sample", "vectorized"),
+        "vectorized_over_gemm_bound": paired("gemm_bound", "vectorized"),
+        "repeat_step_ms": {name: [1e3 * s for s in v] for name, v in times.items()},
         **check, "flops_per_step": flops,
         "gflops": flops / seconds["vectorized"] / 1e9, "gemm_gflops": flops / seconds["gemm_bound"] / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -94,24 +95,26 @@ def test_float32_training_step_has_no_float64_array(tiny_config, overrides):
 
 def test_bench_json_reports_every_field(tiny_config):
     out = subprocess.run([sys.executable, "-m", "mbtrain", "bench", tiny_config, "--steps", "3",
-                          "--repeats", "1", "--set", "train.threads=1", "--json"],
+                          "--repeats", "3", "--set", "train.threads=1", "--json"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["network"] == [8, 16, 3] and r["batch_size"] == 16 and r["dtype"] == "float32"
     for name in ("vectorized", "per_sample", "gemm_bound"):
         assert r[name]["samples_per_second"] > 0 and r[name]["step_ms"] > 0
-    assert r["speedup_over_per_sample"] == pytest.approx(
-        r["vectorized"]["samples_per_second"] / r["per_sample"]["samples_per_second"])
-    assert r["vectorized_over_gemm_bound"] == pytest.approx(
-        r["vectorized"]["samples_per_second"] / r["gemm_bound"]["samples_per_second"])
+    ms = r["repeat_step_ms"]                       # ratios: the median of each repeat's own ratio
+    assert all(len(ms[name]) == 3 for name in ("vectorized", "per_sample", "gemm_bound"))
+    paired = lambda a, b: statistics.median(x / y for x, y in zip(ms[a], ms[b]))
+    assert r["speedup_over_per_sample"] == pytest.approx(paired("per_sample", "vectorized"))
+    assert r["vectorized_over_gemm_bound"] == pytest.approx(paired("gemm_bound", "vectorized"))
+    assert r["vectorized"]["step_ms"] == pytest.approx(statistics.median(ms["vectorized"]))
     assert r["gradients_match"] is True and r["gradient_max_relative_difference"] <= 1e-4
     assert r["flops_per_step"] == bench.flops_per_step([8, 16, 3], 16)
     assert r["gflops"] == pytest.approx(r["flops_per_step"] / r["vectorized"]["step_ms"] / 1e6)
     assert r["peak_rss_mb"] > 1
     assert set(r["blas"]) == {"library", "version", "threads", "architecture"}
     assert r["blas"]["threads"] in (1, None) and r["threads"] == 1
-    assert r["steps"] == 3 and r["per_sample_steps"] == 1 and r["repeats"] == 1
+    assert r["steps"] == 3 and r["per_sample_steps"] == 1 and r["repeats"] == 3
 
 
 def test_bench_table_and_bad_config(tiny_config, tmp_path):
