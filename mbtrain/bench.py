@@ -27,7 +27,7 @@ import numpy as np
 from mbtrain import blas, data, flat, gemm, guard, loadertime, optim, step
 from mbtrain.config import Config
 from mbtrain.errors import DataError
-from mbtrain.model import MLP
+from mbtrain.model import MLP, weight_gradient, weight_order
 
 
 def per_sample_gradients(model: MLP, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[np.ndarray]]:
@@ -88,8 +88,10 @@ class _Gemms:
         fill = lambda *shape: flat.pack([rng.standard_normal(shape)], dtype)[0]   # aligned, as the step's
         self.fused = fused
         self.X = fill(K, layers[0])
-        self.W = [fill(m, n) for n, m in zip(layers[:-1], layers[1:])]
-        self.dW = [fill(m, n) for n, m in zip(layers[:-1], layers[1:])] if not fused else []
+        weights = lambda: [flat.pack([rng.standard_normal((m, n))], dtype, [weight_order(l, m)])[0]
+                           for l, (n, m) in enumerate(zip(layers[:-1], layers[1:]))]   # the model's layout
+        self.W = weights()
+        self.dW = weights() if not fused else []
         self.Z = [fill(K, m) for m in layers[1:]]
         self.A = [fill(K, m) for m in layers[1:-1]]           # hidden activations, the next layer's input
         self.dZ = [fill(K, m) for m in layers[1:]]
@@ -104,7 +106,7 @@ class _Gemms:
             if self.fused:                                          # W -= lr dZ.T @ A_prev
                 gemm.update(W, self.dZ[l], inputs[l], alpha=-1e-4, beta=1.0)
             else:
-                np.matmul(self.dZ[l].T, inputs[l], out=self.dW[l])  # dW = dZ.T @ A_prev           (m, n)
+                weight_gradient(self.dZ[l], inputs[l], self.dW[l])  # dW = dZ.T @ A_prev           (m, n)
 
 
 class Trainer:

@@ -52,10 +52,10 @@ def digest(arrays: dict[str, np.ndarray]) -> str:
 def to_bytes(ckpt: Checkpoint) -> bytes:
     """The .npz file contents of a checkpoint."""
     arrays = {}
-    for l in range(len(ckpt.params) // 2):
-        arrays[f"W{l}"], arrays[f"b{l}"] = ckpt.params[2 * l], ckpt.params[2 * l + 1]
+    for l in range(len(ckpt.params) // 2):          # row-major on disk, whatever the model's layout
+        arrays[f"W{l}"], arrays[f"b{l}"] = (np.asarray(p, order="C") for p in ckpt.params[2 * l:2 * l + 2])
     for name, a in ckpt.optimizer.items():
-        arrays[f"opt.{name}"] = a
+        arrays[f"opt.{name}"] = np.asarray(a, order="C")
     if ckpt.normalization is not None:              # norm.shift, norm.scale: covered by the checksum
         arrays.update(ckpt.normalization.arrays())
     meta = dict(ckpt.meta, format_version=FORMAT_VERSION, mbtrain_version=__version__,

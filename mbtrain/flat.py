@@ -1,8 +1,9 @@
 """Parameter arrays packed as views into one contiguous buffer, so an update is a few calls, not a few per array.
 
 A network's [W0, b0, W1, b1, ...] (and their gradients and optimizer state) live in one 1-D
-buffer each, every array a C-contiguous view starting on a 64-byte boundary (the gaps are
-zeros and stay zero). Code that works array by array sees ordinary arrays; an optimizer or the
+buffer each, every array a contiguous view starting on a 64-byte boundary (the gaps are
+zeros and stay zero), row-major or, where the model asks for it, column-major ("F": the view
+is the transpose of a row-major (n, m) block; mbtrain.model says which layers and why). Code that works array by array sees ordinary arrays; an optimizer or the
 gradient norm can instead make one pass over the buffer, in chunks small enough to stay in the
 cache, instead of two or three numpy calls per array.
 
@@ -29,24 +30,42 @@ def layout(shapes: list[tuple], itemsize: int) -> tuple[list[int], int]:
     return offsets, total
 
 
-def pack(arrays: list[np.ndarray], dtype=None) -> list[np.ndarray]:
-    """Copies of `arrays` (in `dtype`, default the first array's) as views into one new buffer."""
+def pack(arrays: list[np.ndarray], dtype=None, orders: list[str] | None = None) -> list[np.ndarray]:
+    """Copies of `arrays` (in `dtype`, default the first array's) as views into one new buffer.
+
+    orders: "C" (row-major, the default) or "F" (column-major, 2-D arrays only) per array.
+    """
     dtype = np.dtype(dtype or arrays[0].dtype)
-    views = zeros([a.shape for a in arrays], dtype)
+    views = zeros([a.shape for a in arrays], dtype, orders)
     for view, a in zip(views, arrays):
         view[...] = a
     return views
 
 
-def zeros(shapes: list[tuple], dtype) -> list[np.ndarray]:
-    """Zero-filled arrays of these shapes, packed into one new buffer."""
+def zeros(shapes: list[tuple], dtype, orders: list[str] | None = None) -> list[np.ndarray]:
+    """Zero-filled arrays of these shapes (and orders, as in pack), packed into one new buffer."""
     dtype = np.dtype(dtype)
+    orders = orders or ["C"] * len(shapes)
     offsets, total = layout(shapes, dtype.itemsize)
     # over-allocate so the buffer itself starts on a 64-byte boundary
     raw = np.zeros(total + ALIGN_BYTES // dtype.itemsize, dtype)
     skip = (-_address(raw) % ALIGN_BYTES) // dtype.itemsize
     buf = raw[skip:skip + total]
-    return [buf[o:o + int(np.prod(s, dtype=np.int64))].reshape(s) for o, s in zip(offsets, shapes)]
+    views = []
+    for o, s, order in zip(offsets, shapes, orders):
+        block = buf[o:o + int(np.prod(s, dtype=np.int64))]
+        if order == "F":
+            if len(s) != 2:
+                raise ValueError(f"flat.zeros: a column-major array must be 2-D, got shape {s}")
+            views.append(block.reshape(s[::-1]).T)
+        else:
+            views.append(block.reshape(s))
+    return views
+
+
+def order(a: np.ndarray) -> str:
+    """ "F" for a column-major 2-D array that is not also row-major, else "C"."""
+    return "F" if a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous else "C"
 
 
 def aligned(shape: tuple, dtype) -> np.ndarray:
@@ -57,7 +76,7 @@ def aligned(shape: tuple, dtype) -> np.ndarray:
 def zeros_like(arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Zeros shaped like `arrays`: packed when `arrays` are, else separate arrays."""
     if buffer(arrays) is not None:
-        return zeros([a.shape for a in arrays], arrays[0].dtype)
+        return zeros([a.shape for a in arrays], arrays[0].dtype, [order(a) for a in arrays])
     return [np.zeros_like(a) for a in arrays]
 
 
@@ -71,7 +90,7 @@ def buffer(arrays: list[np.ndarray]) -> np.ndarray | None:
     offsets, total = layout([a.shape for a in arrays], dtype.itemsize)
     start = _address(arrays[0])
     for a, offset in zip(arrays, offsets):
-        if a.base is not owner or a.dtype != dtype or not a.flags.c_contiguous \
+        if a.base is not owner or a.dtype != dtype or not (a.flags.c_contiguous or a.flags.f_contiguous) \
                 or _address(a) != start + offset * dtype.itemsize:
             return None
     first = (start - _address(owner)) // dtype.itemsize
@@ -91,7 +110,7 @@ def largest_piece(arrays: list[np.ndarray]) -> int:
 
 
 def segments(*groups: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
-    """Matching 1-D pieces of ≤ CHUNK elements of each group (params, grads, state ...), all shaped alike.
+    """Matching 1-D pieces of ≤ CHUNK elements of each group (params, grads, state ...), all shaped and laid out alike.
 
     When every group is packed, the pieces run over the whole buffers (gaps included), so an
     update takes a few calls per CHUNK elements; otherwise they run array by array.
@@ -100,7 +119,7 @@ def segments(*groups: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
     if all(b is not None for b in buffers):
         wholes = [buffers]
     else:
-        wholes = [[a.reshape(-1) for a in arrays] for arrays in zip(*groups)]
+        wholes = [[a.reshape(-1, order="A") for a in arrays] for arrays in zip(*groups)]   # memory order: views
     pieces = []
     for whole in wholes:
         n = whole[0].size

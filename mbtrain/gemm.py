@@ -85,7 +85,11 @@ def available(dtype) -> bool:
 
 
 def update(C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: float = 1.0) -> None:
-    """C = beta C + alpha A^T B in place: C (m, n), A (K, m), B (K, n), all C-contiguous, one dtype."""
+    """C = beta C + alpha A^T B in place: C (m, n), A (K, m), B (K, n), one dtype.
+
+    A and B C-contiguous; C row- or column-major (then its transpose is updated as
+    C^T = beta C^T + alpha B^T A, the same numbers).
+    """
     _call(_routine(C.dtype), C, A, B, alpha, beta)
 
 
@@ -94,13 +98,18 @@ def _call(fn, C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: f
     n = B.shape[1]
     if B.shape[0] != K or C.shape != (m, n) or not (A.dtype == B.dtype == C.dtype):
         raise ValueError(f"gemm.update: shapes C {C.shape}, A {A.shape}, B {B.shape} or dtypes do not fit")
-    if not (A.flags.c_contiguous and B.flags.c_contiguous and C.flags.c_contiguous and C.flags.writeable):
-        raise ValueError("gemm.update needs C-contiguous arrays and a writeable C")
+    if not (A.flags.c_contiguous and B.flags.c_contiguous and C.flags.writeable
+            and (C.flags.c_contiguous or C.flags.f_contiguous)):
+        raise ValueError("gemm.update needs C-contiguous A and B and a writeable, contiguous C")
     if K == 0:                                       # BLAS would skip the scaling too; numpy's meaning
         C *= beta
         return
-    fn(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, K, float(alpha), _address(A), max(m, 1), _address(B), max(n, 1),
-       float(beta), _address(C), max(n, 1))
+    if C.flags.c_contiguous:
+        fn(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, K, float(alpha), _address(A), max(m, 1), _address(B), max(n, 1),
+           float(beta), _address(C), max(n, 1))
+    else:                                            # column-major C: its row-major transpose C^T (n, m)
+        fn(_ROW_MAJOR, _TRANS, _NO_TRANS, n, m, K, float(alpha), _address(B), max(n, 1), _address(A), max(m, 1),
+           float(beta), _address(C), max(m, 1))
 
 
 _addresses: dict[int, tuple[weakref.ref, int]] = {}

@@ -171,10 +171,11 @@ def hidden_signs(model: MLP) -> list[np.ndarray]:
 def numerical_gradient(model: MLP, X, Y, weight_decay: float, index: int, entries: np.ndarray,
                        masks=None):
     """Central differences of mean_loss at flat `entries` of params[index]: (values, kink mask)."""
-    p = model.params[index].reshape(-1)                       # a view: perturbs the model in place
+    p = model.params[index]                                   # perturbed in place, whatever its layout
     values = np.empty(len(entries))
     kinks = np.zeros(len(entries), bool)
-    for e, i in enumerate(entries):
+    for e, entry in enumerate(entries):
+        i = np.unravel_index(entry, p.shape)                  # row-major numbering, as reshape(-1)'s
         saved = p[i]
         p[i] = saved + FD_STEP
         plus, signs_plus = mean_loss(model, X, Y, weight_decay, masks), hidden_signs(model)

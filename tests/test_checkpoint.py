@@ -37,6 +37,22 @@ def test_round_trip(tmp_path, ckpt):
     assert [f for f in os.listdir(tmp_path / "ck")] == ["last.npz"]        # no temp file left behind
 
 
+def test_a_column_major_weight_is_saved_row_major(tmp_path, tiny_config):
+    """W0 of 64 neurons lives column-major in the model (model.weight_order); the file has it row-major."""
+    cfg = load_config(tiny_config, ["model.layers=[8,64,3]"])
+    model = build_model(cfg)
+    assert model.weights[0].flags.f_contiguous and not model.weights[0].flags.c_contiguous
+    velocity = {f"velocity{i}": p * 2 for i, p in enumerate(model.params)}
+    path = str(tmp_path / "c.npz")
+    checkpoint.save(checkpoint.Checkpoint(model.params, velocity, cfg, {"epoch": 1}), path)
+    with np.load(path, allow_pickle=False) as z:
+        assert z["W0"].flags.c_contiguous and z["opt.velocity0"].flags.c_contiguous
+    back = checkpoint.load(path)
+    for a, b in zip(back.params, model.params):
+        assert np.array_equal(a, b)
+    assert np.array_equal(back.optimizer["velocity0"], 2 * model.weights[0])
+
+
 def test_layout_is_documented_keys(tmp_path, ckpt):
     path = str(tmp_path / "c.npz")
     checkpoint.save(ckpt, path)

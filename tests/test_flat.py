@@ -8,6 +8,7 @@ import pytest
 from mbtrain import flat, guard, optim
 
 SHAPES = [(7, 5), (7,), (3, 7), (3,)]
+MIXED = ["F", "C", "C", "C"]          # the first W column-major, as model.weight_order may ask
 
 
 def _arrays(rng, dtype=np.float32):
@@ -15,14 +16,16 @@ def _arrays(rng, dtype=np.float32):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_pack_copies_into_aligned_views_of_one_buffer(dtype):
+@pytest.mark.parametrize("orders", [None, MIXED])
+def test_pack_copies_into_aligned_views_of_one_buffer(dtype, orders):
     rng = np.random.default_rng(0)
     arrays = _arrays(rng, dtype)
-    packed = flat.pack(arrays)
+    packed = flat.pack(arrays, orders=orders)
     buf = flat.buffer(packed)
     assert buf is not None and buf.ndim == 1 and buf.dtype == dtype
-    for a, p in zip(arrays, packed):
-        assert p.shape == a.shape and p.flags.c_contiguous and np.shares_memory(p, buf)
+    for a, p, order in zip(arrays, packed, orders or "CCCC"):
+        assert p.shape == a.shape and flat.order(p) == order and np.shares_memory(p, buf)
+        assert p.flags.c_contiguous if order == "C" else p.flags.f_contiguous
         assert p.__array_interface__["data"][0] % flat.ALIGN_BYTES == 0
         np.testing.assert_array_equal(p, a)
         assert not np.shares_memory(p, a)
@@ -42,12 +45,18 @@ def test_buffer_is_none_for_arrays_that_are_not_packed():
     assert flat.buffer(packed[:2]) is not None               # a packed prefix is a buffer of its own
     assert flat.buffer(flat.zeros_like(packed)) is not None
     assert flat.buffer(flat.zeros_like(arrays)) is None      # zeros_like keeps separate arrays separate
+    mixed = flat.pack(arrays, orders=MIXED)
+    assert flat.buffer(mixed) is not None
+    assert [flat.order(a) for a in flat.zeros_like(mixed)] == MIXED   # and keeps each array's layout
+    with pytest.raises(ValueError, match="2-D"):
+        flat.zeros([(3,)], np.float32, ["F"])
 
 
 def test_segments_cover_every_entry_once(monkeypatch):
     monkeypatch.setattr(flat, "CHUNK", 16)
     rng = np.random.default_rng(2)
-    for params in (flat.pack(_arrays(rng)), _arrays(rng)):
+    column_major = [np.asfortranarray(a) for a in _arrays(rng)]
+    for params in (flat.pack(_arrays(rng)), flat.pack(_arrays(rng), orders=MIXED), _arrays(rng), column_major):
         grads = flat.zeros_like(params)
         for p, g in flat.segments(params, grads):
             assert p.size <= 16 and p.shape == g.shape
@@ -58,13 +67,14 @@ def test_segments_cover_every_entry_once(monkeypatch):
 @pytest.mark.parametrize("name,kw", [("sgd", {}), ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=0.01)),
                                      ("rmsprop", dict(weight_decay=0.01)), ("adam", {}),
                                      ("adamw", dict(weight_decay=0.1))])
-def test_packed_and_separate_arrays_update_bit_identically(name, kw, monkeypatch):
+@pytest.mark.parametrize("orders", [None, MIXED])
+def test_packed_and_separate_arrays_update_bit_identically(name, kw, orders, monkeypatch):
     monkeypatch.setattr(flat, "CHUNK", 8)                    # many pieces per array
     rng = np.random.default_rng(3)
     start = _arrays(rng)
     steps = [_arrays(rng) for _ in range(3)]
     cls = {"sgd": optim.SGD, "rmsprop": optim.RMSprop, "adam": optim.Adam, "adamw": optim.AdamW}[name]
-    separate, packed = [a.copy() for a in start], flat.pack(start)
+    separate, packed = [a.copy() for a in start], flat.pack(start, orders=orders)
     grads = flat.zeros_like(packed)
     opt_separate, opt_packed = cls(separate, 0.05, **kw), cls(packed, 0.05, **kw)
     for g in steps:

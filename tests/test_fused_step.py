@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mbtrain import gemm, guard, optim, step
+from mbtrain import flat, gemm, guard, optim, step
 from mbtrain.errors import Diverged, MbtrainError
-from mbtrain.model import MLP, init_params
+from mbtrain.model import MLP, init_params, weight_order
 
 needs_gemm = pytest.mark.skipif(not gemm.available(np.float32), reason="numpy's BLAS gemm not found")
 
@@ -22,9 +22,10 @@ def fuse_small_networks(monkeypatch):
 @needs_gemm
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K,m,n", [(1, 3, 4), (10, 30, 784), (64, 10, 100), (7, 1, 1)])
-def test_update_equals_numpy(dtype, K, m, n):
+@pytest.mark.parametrize("order", ["C", "F"])                  # a row- or column-major C (model.weight_order)
+def test_update_equals_numpy(dtype, K, m, n, order):
     rng = np.random.default_rng(K * m + n)
-    C = rng.standard_normal((m, n)).astype(dtype)
+    C = np.asarray(rng.standard_normal((m, n)).astype(dtype), order=order)
     A, B = rng.standard_normal((K, m)).astype(dtype), rng.standard_normal((K, n)).astype(dtype)
     want = 0.75 * C.astype(np.float64) - 0.1 * (A.T.astype(np.float64) @ B.astype(np.float64))
     gemm.update(C, A, B, alpha=-0.1, beta=0.75)
@@ -35,8 +36,10 @@ def test_update_equals_numpy(dtype, K, m, n):
 @needs_gemm
 def test_update_refuses_arrays_it_cannot_pass_to_blas():
     C, A, B = np.zeros((3, 4), np.float32), np.ones((5, 3), np.float32), np.ones((5, 4), np.float32)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        gemm.update(np.zeros((4, 3), np.float32).T, A, B, -1.0)
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm.update(np.zeros((3, 8), np.float32)[:, ::2], A, B, -1.0)     # strided C
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm.update(C, np.ones((3, 5), np.float32).T, B, -1.0)            # column-major A
     with pytest.raises(ValueError, match="shapes"):
         gemm.update(C, A, np.ones((5, 5), np.float32), -1.0)
     with pytest.raises(ValueError, match="shapes"):
@@ -70,15 +73,17 @@ def assert_same_as_the_general_path(train_step, model, ref, dtype):
 @needs_gemm
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("with_dropout", [False, True])
-def test_fused_sgd_matches_the_general_path(dtype, with_dropout):
-    fused_model, plain_model = _model(dtype), _model(dtype)
+@pytest.mark.parametrize("layers", [(6, 9, 7, 3), (6, 64, 7, 3)])     # the second: W0 column-major
+def test_fused_sgd_matches_the_general_path(dtype, with_dropout, layers):
+    fused_model, plain_model = _model(dtype, layers=layers), _model(dtype, layers=layers)
+    assert flat.order(fused_model.weights[0]) == weight_order(0, layers[1])
     fused = step.TrainStep(fused_model, optim.SGD(fused_model.params, lr=0.3))
     general = step.TrainStep(plain_model, optim.SGD(plain_model.params, lr=0.3))
     general.fused = False
     assert fused.fused
     rng = np.random.default_rng(1)
     for X, Y in _batches(dtype):
-        masks = [(rng.random((len(X), m)) > 0.3).astype(dtype) / dtype(0.7) for m in (9, 7)] \
+        masks = [(rng.random((len(X), m)) > 0.3).astype(dtype) / dtype(0.7) for m in layers[1:-1]] \
             if with_dropout else None
         assert fused(X, Y, masks) == pytest.approx(general(X, Y, masks), rel=1e-5)
     tol = 1e-5 if dtype == np.float32 else 1e-13

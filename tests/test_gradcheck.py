@@ -158,6 +158,19 @@ def test_big_arrays_get_a_random_subset():
     assert report.passed
 
 
+def test_a_column_major_input_layer_is_checked_in_place():
+    """W0 of 64 neurons is stored column-major (model.weight_order): every entry perturbed is the
+    model's own (a perturbed copy would give zero numerical gradients and fail)."""
+    rng = np.random.default_rng(3)
+    model = MLP(init_params([4, 64, 3], "xavier", "normal", "tanh", rng, np.float64), "tanh",
+                "softmax_cross_entropy")
+    assert model.weights[0].flags.f_contiguous and not model.weights[0].flags.c_contiguous
+    report = gradcheck.check_model(model, rng.standard_normal((5, 4)), np.eye(3)[[0, 1, 2, 0, 1]], 0.1,
+                                   fd_entries=256)
+    assert report.passed, gradcheck.format_report(report)
+    assert report.params[0].comparisons["vectorized_vs_numerical"].entries == 256
+
+
 def test_float32_model_is_refused():
     rng = np.random.default_rng(0)
     model = MLP(init_params([2, 2], "xavier", "zeros", "tanh", rng, np.float32), "tanh", "softmax_cross_entropy")

@@ -130,6 +130,24 @@ def test_vectorized_equals_finite_differences(act, output, seed):
             assert np.abs(fd - grad).max() / scale <= 1e-6
 
 
+@pytest.mark.parametrize("act,output", [("relu", "softmax_cross_entropy"), ("tanh", "sigmoid_quadratic")])
+def test_a_column_major_input_layer_gives_the_same_gradients(act, output):
+    """An input layer of 64 to 512 neurons keeps W column-major (model.weight_order); same gradients."""
+    rng = np.random.default_rng(5)
+    layers, K = [5, 64, 4], 6
+    model = MLP(init_params(layers, "xavier", "normal", act, rng, np.float64), act, output)
+    assert model.weights[0].flags.f_contiguous and not model.weights[0].flags.c_contiguous
+    assert model.grads[0].flags.f_contiguous and model.weights[1].flags.c_contiguous
+    X, Y = rng.uniform(-1, 1, size=(K, layers[0])), np.eye(layers[-1])[rng.integers(0, layers[-1], size=K)]
+    model.forward(X)
+    model.loss_and_backward(Y)
+    Ws, bs = [W.copy() for W in model.weights], [b.copy() for b in model.biases]
+    dWs, dbs = ref_gradients(Ws, bs, X, Y, act, output)
+    for l in range(len(Ws)):
+        for got, want in ((model.grads[2 * l], dWs[l]), (model.grads[2 * l + 1], dbs[l])):
+            assert np.abs(got - want).max() / np.abs(want).max() <= 1e-12
+
+
 def test_dW_is_one_matrix_product_of_the_batch():
     """dW of the output layer is exactly dZ.T @ A_prev for the stored dZ and A_prev."""
     model, X, Y = random_problem("tanh", "softmax_cross_entropy", 7)
