@@ -20,8 +20,11 @@ _DONE = object()
 
 
 # Below this much batch data, handing batches between threads measured slower than gathering
-# them in the loop (784-30-10, batch 10: 31 KB; batch 64 of MNIST, 200 KB, gained; README, Performance)
-MIN_BATCH_BYTES = 1 << 16
+# them in the loop on this shared 2-CPU machine: Nielsen's batch 10 (31 KB), and A's batch 64 of
+# MNIST (203 KB: one epoch of `mbtrain fit configs/bench-a.yaml` took a median 10-20 % longer with
+# it, 20 alternated runs); mnist-fast's batch 128 (406 KB) trained 18 % faster with it (README,
+# Data at scale).
+MIN_BATCH_BYTES = 1 << 18
 
 
 def enabled(setting: str, file_backed: bool, threads: int = 0, batch_bytes: int = 0) -> bool:
