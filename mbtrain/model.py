@@ -14,11 +14,11 @@ Activations, errors and gradients live in buffers allocated once per batch size 
 
 The input layer's W (and its gradient and optimizer state) is stored column-major when it has
 64 to 512 neurons (weight_order): its two products, A_prev @ W.T and dZ.T @ A_prev, then ran
-3-14 % faster together with numpy's OpenBLAS on 784 inputs and batches of 10 to 256, and 13 %
-for bench setting A (784-100-10, batch 64); with 30 neurons (Nielsen's) it ran slower, with
-1024 no faster. Hidden layers stay row-major: their third product, dZ @ W, ran slower on a
-column-major 1024 x 1024 W (README, Performance). Only speed depends on it: W is the same
-(m, n) array to every reader, and checkpoints store it row-major.
+2-30 % faster together with numpy's OpenBLAS (one thread, 784 inputs, batches of 10 to 256;
+12 % at bench setting A, 784-100-10, batch 64); with 30 neurons (Nielsen's) 3-76 % slower,
+with 1024 no faster. Hidden layers stay row-major: their third product, dZ @ W, ran slower on
+a column-major 1024 x 1024 W (README, "Why it is fast"). Only speed depends on it: W is the
+same (m, n) array to every reader, and checkpoints store it row-major.
 
     mbtrain fit configs/mnist.yaml
 """
