@@ -36,10 +36,12 @@ def per_sample_gradients(model: MLP, X: np.ndarray, Y: np.ndarray) -> tuple[floa
     For each sample: a^0 = x, z^l = W^l a^(l-1) + b^l, a^l = sigma(z^l); the output error
     delta^L from the loss; delta^(l-1) = (W^l)^T delta^l * sigma'(z^(l-1));
     dW^l += delta^l (a^(l-1))^T, db^l += delta^l. Finally divide by K (the loss is a mean).
+    Row-major throughout, as the textbook writes W (the model may keep a layer column-major,
+    mbtrain.model.weight_order, which would slow this loop's matrix-vector products).
     """
     K, L = X.shape[0], len(model.weights)
-    Ws, bs = model.weights, model.biases
-    grads = [np.zeros_like(p) for p in model.params]
+    Ws, bs = [np.ascontiguousarray(W) for W in model.weights], model.biases
+    grads = [np.zeros(p.shape, p.dtype) for p in model.params]
     total_loss = 0.0
     for k in range(K):
         # forward one sample
@@ -129,8 +131,10 @@ class Trainer:
             self.train_step(X, Y)                                # as fit runs it
             return
         loss, grads = per_sample_gradients(self.model, X, Y)
-        guard.check_step(loss, grads, self.clip_norm)            # as fit does, before the update
-        self.opt.step(grads)
+        for g, row_major in zip(self.model.grads, grads):       # into the model's layout, which
+            g[...] = row_major                                   # the optimizer streams over
+        guard.check_step(loss, self.model.grads, self.clip_norm)  # as fit does, before the update
+        self.opt.step(self.model.grads)
 
 
 # pause after each timed block: the vectorized step's prefetch thread (when on) goes on filling

@@ -119,7 +119,12 @@ def segments(*groups: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
     if all(b is not None for b in buffers):
         wholes = [buffers]
     else:
-        wholes = [[a.reshape(-1, order="A") for a in arrays] for arrays in zip(*groups)]   # memory order: views
+        wholes = []
+        for arrays in zip(*groups):
+            if len({order(a) for a in arrays}) > 1:     # pieces in memory order would not match up
+                raise ValueError(f"flat.segments: arrays of shape {arrays[0].shape} differ in layout "
+                                 f"({', '.join(order(a) for a in arrays)})")
+            wholes.append([a.reshape(-1, order="A") for a in arrays])              # memory order: views
     pieces = []
     for whole in wholes:
         n = whole[0].size

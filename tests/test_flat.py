@@ -62,6 +62,8 @@ def test_segments_cover_every_entry_once(monkeypatch):
             assert p.size <= 16 and p.shape == g.shape
             g += 1                                           # mark every entry the pieces reach
         assert all((g == 1).all() for g in grads)
+    with pytest.raises(ValueError, match="differ in layout"):  # pieces of a row- and a column-major array
+        flat.segments(_arrays(rng), [np.asfortranarray(a) for a in _arrays(rng)])
 
 
 @pytest.mark.parametrize("name,kw", [("sgd", {}), ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=0.01)),
