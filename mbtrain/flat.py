@@ -3,9 +3,10 @@
 A network's [W0, b0, W1, b1, ...] (and their gradients and optimizer state) live in one 1-D
 buffer each, every array a contiguous view starting on a 64-byte boundary (the gaps are
 zeros and stay zero), row-major or, where the model asks for it, column-major ("F": the view
-is the transpose of a row-major (n, m) block; mbtrain.model says which layers and why). Code that works array by array sees ordinary arrays; an optimizer or the
-gradient norm can instead make one pass over the buffer, in chunks small enough to stay in the
-cache, instead of two or three numpy calls per array.
+is the transpose of a row-major (n, m) block; mbtrain.model says which layers and why). Code
+that works array by array sees ordinary arrays; an optimizer or the gradient norm can instead
+make one pass over the buffer, in chunks small enough to stay in the cache, instead of two or
+three numpy calls per array.
 
     params = flat.pack([W0, b0, W1, b1])        # copies, as views into one new buffer
     flat.buffer(params)                         # that buffer (N,), or None for arrays not packed
@@ -110,21 +111,22 @@ def largest_piece(arrays: list[np.ndarray]) -> int:
 
 
 def segments(*groups: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
-    """Matching 1-D pieces of ≤ CHUNK elements of each group (params, grads, state ...), all shaped and laid out alike.
+    """Matching 1-D pieces of ≤ CHUNK elements of each group (params, grads, state ...).
+
+    The groups' arrays must be shaped and laid out alike (zeros_like makes them so).
 
     When every group is packed, the pieces run over the whole buffers (gaps included), so an
     update takes a few calls per CHUNK elements; otherwise they run array by array.
     """
+    for arrays in zip(*groups):
+        if len({order(a) for a in arrays}) > 1:         # pieces in memory order would not match up
+            raise ValueError(f"flat.segments: arrays of shape {arrays[0].shape} differ in layout "
+                             f"({', '.join(order(a) for a in arrays)})")
     buffers = [buffer(g) for g in groups]
     if all(b is not None for b in buffers):
         wholes = [buffers]
     else:
-        wholes = []
-        for arrays in zip(*groups):
-            if len({order(a) for a in arrays}) > 1:     # pieces in memory order would not match up
-                raise ValueError(f"flat.segments: arrays of shape {arrays[0].shape} differ in layout "
-                                 f"({', '.join(order(a) for a in arrays)})")
-            wholes.append([a.reshape(-1, order="A") for a in arrays])              # memory order: views
+        wholes = [[a.reshape(-1, order="A") for a in arrays] for arrays in zip(*groups)]   # memory order: views
     pieces = []
     for whole in wholes:
         n = whole[0].size

@@ -64,6 +64,8 @@ def test_segments_cover_every_entry_once(monkeypatch):
         assert all((g == 1).all() for g in grads)
     with pytest.raises(ValueError, match="differ in layout"):  # pieces of a row- and a column-major array
         flat.segments(_arrays(rng), [np.asfortranarray(a) for a in _arrays(rng)])
+    with pytest.raises(ValueError, match="differ in layout"):  # the same, both packed
+        flat.segments(flat.pack(_arrays(rng)), flat.pack(_arrays(rng), orders=MIXED))
 
 
 @pytest.mark.parametrize("name,kw", [("sgd", {}), ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=0.01)),
