@@ -59,7 +59,8 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def setup_stateful(tmp_path_factory):
     """A run whose continuation needs more state: Adam moments, dropout masks, standardization,
-    block shuffling, reduce-on-plateau's lr scale and early stopping's counters."""
+    block shuffling, reduce-on-plateau's lr scale and early stopping's counters; 64 hidden
+    neurons, so W0, its gradient and Adam's moments are column-major (model.weight_order)."""
     root = tmp_path_factory.mktemp("resume_stateful")
     x, y = make_blobs(240, 8, 3, seed=6)
     y[::7] = (y[::7] + 1) % 3                     # label noise, so validation loss stalls
@@ -68,7 +69,7 @@ def setup_stateful(tmp_path_factory):
         "seed": 12,
         "data": {"train": str(root / "train.npz"), "validation": 40, "shuffle": "blocks",
                  "block_rows": 16, "buffer_rows": 64, "normalize": "standardize"},
-        "model": {"layers": [8, 16, 3], "activation": "relu", "dropout": 0.3},
+        "model": {"layers": [8, 64, 3], "activation": "relu", "dropout": 0.3},
         "train": {"epochs": 12, "batch_size": 16, "lr": 0.05, "optimizer": "adam",
                   "schedule": "plateau", "lr_plateau_patience": 0, "lr_decay_factor": 0.5,
                   "early_stopping_patience": 3},
@@ -146,6 +147,8 @@ def test_stateful_run_resumes_bit_identical(setup_stateful, tmp_path, pause_at):
     cfg, ref = setup_stateful
     meta = meta_of(os.path.join(ref, "checkpoints", "last.npz"))
     assert meta["lr_scale"] < 1.0                  # the plateau schedule did cut the lr
+    from mbtrain.model import weight_order
+    assert weight_order(0, 64) == "F"
     run = str(tmp_path / "run")
     last = os.path.join(run, "checkpoints", "last.npz")
     kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at=pause_at)
@@ -176,10 +179,11 @@ def test_sigkill_at_random_times_then_resume(setup, tmp_path):
 
 @pytest.fixture(scope="module")
 def setup_plain(tmp_path_factory):
-    """Plain SGD in float32: the step folds the update into the weight-gradient products (mbtrain.step)."""
+    """Plain SGD in float32: the step folds the update into the weight-gradient products (mbtrain.step),
+    W0 column-major (64 neurons, model.weight_order) and W1 row-major."""
     return blobs_run(tmp_path_factory.mktemp("resume_plain"), 7, {
         "seed": 13,
-        "model": {"layers": [8, 12, 3], "activation": "relu"},
+        "model": {"layers": [8, 64, 3], "activation": "relu"},
         "train": {"epochs": 3, "batch_size": 16, "lr": 0.1, "dtype": "float32", "fused_update": "on"},
         "checkpoint": {"every_steps": 5},
     })
