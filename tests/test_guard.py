@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -55,15 +56,31 @@ def test_non_finite_loss_diverges(loss):
 def test_non_finite_gradient_diverges_naming_the_array(bad):
     grads = grads_like(np.random.default_rng(3))
     grads[3][1] = bad                                      # db1
-    with pytest.raises(Diverged, match=r"gradient db1 has a non-finite value"):
+    with pytest.raises(Diverged, match=r"gradient db1 has a non-finite value"), warnings.catch_warnings():
+        warnings.simplefilter("error")                    # and no floating-point warning on the way
         guard.check_step(0.5, grads, 0.0)
+
+
+def test_the_fused_steps_voucher_overflows_without_a_warning():
+    """vouch_for_fused_sgd answers False for errors or inputs whose norms overflow, silently."""
+    rng = np.random.default_rng(5)
+    dZ, A = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 5)).astype(np.float32)
+    assert guard.vouch_for_fused_sgd(0.5, [dZ], [A])
+    A[0, 0] = 3e20                                         # ||A||^2 overflows float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not guard.vouch_for_fused_sgd(0.5, [dZ], [A])
+        A[0, 0] = np.nan
+        assert not guard.vouch_for_fused_sgd(0.5, [dZ], [A])
 
 
 def test_huge_finite_gradient_is_not_divergence():
     """A float32 sum of squares overflows at ~1.8e19; the norm is then taken in float64."""
     grads = grads_like(np.random.default_rng(4))
     grads[0][0, 0] = 3e20
-    norm = guard.check_step(0.5, grads, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                    # the overflow is expected: no warning printed
+        norm = guard.check_step(0.5, grads, 1.0)
     assert norm == pytest.approx(3e20, rel=1e-6)
     assert np.isfinite(grads[0]).all() and abs(grads[0][0, 0]) == pytest.approx(1.0, rel=1e-5)
 
