@@ -299,7 +299,8 @@ def bench(
     set_: SetOption = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps per repeat (default: about "
                                                  "0.5 s of vectorized steps, at least 10); the per-sample loop runs a tenth.")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeats; each figure is their median.")] = 9,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeats; rates are their median, ratios the "
+                                         "median of each repeat's own ratio.")] = 9,
     json_: JsonOption = False,
 ):
     """Time the training step: vectorized vs a per-sample loop vs the GEMM-only bound; check gradients."""
