@@ -174,25 +174,24 @@ class Batches:
         per_batch = self.batch_size * self.data.features * self.dtype.itemsize
         return max(1, CHUNK_BYTES // max(per_batch, 1))
 
-    def row_groups(self, epoch: int, first_step: int = 0, per_group: int | None = None):
-        """Lists of up to `per_group` consecutive batches' absolute row indices, each batch's rows
-        sorted so reads go forward in the file."""
+    def row_chunks(self, epoch: int, first_step: int = 0, per_chunk: int | None = None):
+        """The absolute row indices of up to `per_chunk` consecutive batches at a time, each
+        batch's rows sorted so reads go forward in the file (the last batch may be shorter)."""
         n, K = len(self.data), self.batch_size
-        per_group = per_group or self.batches_per_chunk()
+        per_chunk = per_chunk or self.batches_per_chunk()
         order = EpochOrder(self.shuffle, n, self.seed, epoch, self.block_rows, self.buffer_rows)
         steps = self.steps_per_epoch()
-        for first in range(first_step, steps, per_group):
-            last = min(first + per_group, steps)
-            lo, hi = first * K, min(last * K, n)
+        for first in range(first_step, steps, per_chunk):
+            lo, hi = first * K, min(min(first + per_chunk, steps) * K, n)
             rows = order.rows(lo, hi)
             if self.shuffle != "none":      # same batch, same mean gradient; forward reads only
-                full = (hi - lo) // K       # batches of K rows; the last of an epoch may be shorter
-                rows = np.concatenate([np.sort(rows[:full * K].reshape(full, K), axis=1).reshape(-1),
-                                       np.sort(rows[full * K:])]) if full * K < hi - lo \
-                    else np.sort(rows.reshape(full, K), axis=1).reshape(-1)
+                rows = rows.copy()          # (order.rows may hand out a read-only view)
+                full = (hi - lo) // K * K
+                rows[:full].reshape(-1, K).sort(axis=1)
+                rows[full:].sort()
             if self.data.start:
-                rows = rows + self.data.start
-            yield [rows[i:i + K] for i in range(0, hi - lo, K)]
+                rows += self.data.start
+            yield rows
 
     def epoch(self, epoch: int, first_step: int = 0):
         """Yield (X (K, d), Y (K, m)) for each step of the epoch from `first_step` on.
@@ -200,12 +199,12 @@ class Batches:
         The arrays are views of reused buffers: they are valid until the next batch is requested.
         Batches are gathered batches_per_chunk() at a time (identical values either way).
         """
-        jobs = self.row_groups(epoch, first_step)
+        jobs = self.row_chunks(epoch, first_step)
         clock = time.perf_counter
         if not self.prefetch:
-            for group in jobs:
+            for rows in jobs:
                 waited = clock()
-                batches = self._fill(group, 0)
+                batches = self._fill(rows, 0)
                 self.wait_seconds += clock() - waited
                 yield from batches
             return
@@ -219,16 +218,12 @@ class Batches:
         finally:
             source.close()                  # stops the prefetch thread when the loop ends early
 
-    def _fill(self, group: list[np.ndarray], slot: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Gather the batches of `group` into buffer slot `slot` in one go; (X, Y) views per batch."""
-        rows = group[0] if len(group) == 1 else np.concatenate(group)
+    def _fill(self, rows: np.ndarray, slot: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Gather a chunk's rows into buffer slot `slot` in one go; (X, Y) views, one per batch."""
         X, Y = self._buffer(len(rows), slot)
         self.data.gather(rows, X, Y)
-        views, at = [], 0
-        for batch in group:
-            views.append((X[at:at + len(batch)], Y[at:at + len(batch)]))
-            at += len(batch)
-        return views
+        K = self.batch_size
+        return [(X[at:at + K], Y[at:at + K]) for at in range(0, len(rows), K)]
 
     def _buffer(self, n: int, slot: int):
         if (n, slot) not in self._buffers:

@@ -9,7 +9,7 @@ over the weights of its own:
 which costs what dW = dZ^T A_prev alone costs (measured in README, Performance). The routine is
 looked up in the library threadpoolctl reports for numpy (OpenBLAS in numpy's wheels) and checked
 once against numpy on a small product; where it cannot be found or disagrees, `available()` is
-False and callers use numpy. Only C-contiguous float32/float64 arrays qualify.
+False and callers use numpy. Only contiguous float32/float64 arrays qualify (C row- or column-major).
 
     from mbtrain import gemm
     if gemm.available(np.float32): gemm.update(W, dZ, A_prev, alpha=-lr)

@@ -89,6 +89,7 @@ class MLP:
         self.params = flat.pack(params, orders=orders)                # grads and optimizer state follow
         self.grads = flat.zeros_like(self.params)
         self.grad_buffer = flat.buffer(self.grads)
+        self._bias_step = [np.empty_like(b) for b in self.params[1::2]]   # scratch of sgd_update
         self.activation_name, self.output_name = activation, output
         self.act = activations.get(activation)
         self.out = losses.get(output)
@@ -172,7 +173,7 @@ class MLP:
         """Every layer's error dZ (K, m) into self.dZ, and the bias gradients, from the output error dZ.
 
         Everything of backward() but the weight-gradient products, which an SGD step can fold
-        into the weight update itself (sgd_update_weights).
+        into the weight update itself (sgd_update).
         """
         if dZ is not self.dZ[-1]:
             np.copyto(self.dZ[-1], dZ)
@@ -187,12 +188,15 @@ class MLP:
                 dZ_prev *= self.act.derivative(self.Z[l - 1], self.A[l - 1], out=self.dact[l - 1])
                 dZ = dZ_prev
 
-    def sgd_update_weights(self, lr: float) -> None:
-        """W -= lr * dZ.T @ A_prev for every layer, the update computed by the product itself.
+    def sgd_update(self, lr) -> None:
+        """Plain SGD on every layer: b -= lr db, and W -= lr * dZ.T @ A_prev computed by the product itself.
 
         Call after backward_errors(); needs gemm.available(self.dtype). No dW array is formed.
+        lr: a scalar of the model's dtype.
         """
         for l in range(len(self.Z)):
+            b = self.params[2 * l + 1]
+            b -= np.multiply(self.grads[2 * l + 1], lr, out=self._bias_step[l])       # b -= lr db
             gemm.update(self.params[2 * l], self.dZ[l], self._layer_input(l), alpha=-lr, beta=1.0)
 
     def predict(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:

@@ -53,7 +53,6 @@ class TrainStep:
     def __init__(self, model: MLP, opt, clip_norm: float = 0.0, fused_update: str = "auto"):
         self.model, self.opt, self.clip_norm = model, opt, clip_norm
         self.fused = fuses(model, opt, clip_norm, fused_update)
-        self._bias_step = [np.empty_like(b) for b in model.biases]
 
     def __call__(self, X: np.ndarray, Y: np.ndarray, masks: list[np.ndarray] | None = None) -> float:
         model = self.model
@@ -61,10 +60,7 @@ class TrainStep:
         if self.fused:
             loss = model.loss_and_errors(Y)                            # every dZ and db, no dW
             if guard.vouch_for_fused_sgd(loss, model.dZ, model.layer_inputs()):
-                lr = model.dtype.type(self.opt.lr)
-                for b, db, scratch in zip(model.biases, model.grads[1::2], self._bias_step):
-                    b -= np.multiply(db, lr, out=scratch)              # b -= lr db
-                model.sgd_update_weights(lr)                           # W -= lr dZ^T A_prev
+                model.sgd_update(model.dtype.type(self.opt.lr))       # b -= lr db, W -= lr dZ^T A_prev
                 return loss
             model.weight_gradients()                                   # not vouched for: form dW, check it
         else:
