@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from mbtrain import rowops
 from mbtrain.activations import sigmoid
 
 
@@ -27,9 +28,9 @@ class Output(NamedTuple):
 
 def softmax(Z, out=None):
     """Row-wise softmax, stable: exp(z - max z) / sum exp(z - max z)."""
-    out = np.subtract(Z, Z.max(axis=1, keepdims=True), out=out)
+    out = np.subtract(Z, rowops.row_max(Z)[:, None], out=out)
     np.exp(out, out=out)
-    out /= out.sum(axis=1, keepdims=True)
+    out /= rowops.row_sums(out)[:, None]
     return out
 
 
@@ -48,14 +49,15 @@ def softmax_cross_entropy(Z, Y, dZ=None):
 
     With s = z - max z and S = sum exp(s) per row, log p = s - log S, so a sample's loss
     -y . log p = sum(y) log S - y . s, and P = exp(s) / S; no log of a probability is taken.
+    Row maxima and sums go through mbtrain.rowops (numpy's own are slow on short rows).
     """
     K = Z.shape[0]
-    dZ = np.subtract(Z, Z.max(axis=1, keepdims=True), out=dZ)  # s = z - max z      (K, m)
+    dZ = np.subtract(Z, rowops.row_max(Z)[:, None], out=dZ)    # s = z - max z      (K, m)
     y_dot_s = float(np.vdot(Y, dZ))                            # sum_k y_k . s_k
     np.exp(dZ, out=dZ)
-    S = dZ.sum(axis=1, keepdims=True)                          # (K, 1)
-    loss = (float(np.dot(Y.sum(axis=1), np.log(S[:, 0]))) - y_dot_s) / K
-    dZ /= S                                                    # P
+    S = rowops.row_sums(dZ)                                    # (K,)
+    loss = (float(np.dot(rowops.row_sums(Y), np.log(S))) - y_dot_s) / K
+    dZ /= S[:, None]                                           # P
     dZ -= Y                                                    # P - Y
     dZ /= K
     return loss, dZ

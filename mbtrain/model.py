@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mbtrain import activations, flat, gemm, losses
+from mbtrain import activations, flat, gemm, losses, rowops
 
 
 # input layers this wide store W column-major (see the module docstring)
@@ -180,7 +180,7 @@ class MLP:
             dZ = self.dZ[-1]
         for l in range(len(self.Z) - 1, -1, -1):
             W = self.params[2 * l]
-            dZ.sum(axis=0, out=self.grads[2 * l + 1])             # db = dZ.sum(0)      (m,)
+            rowops.column_sums(dZ, out=self.grads[2 * l + 1])      # db = dZ.sum(0)      (m,)
             if l > 0:
                 dZ_prev = np.matmul(dZ, W, out=self.dZ[l - 1])     # dZ @ W              (K, n)
                 if self.masks is not None:
