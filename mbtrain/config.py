@@ -61,7 +61,7 @@ class DataConfig:
     prefetch: str = option("auto", "prepare the next batches in a background thread while the current one "
                                    "trains: auto = on when the process may use more than one CPU and either "
                                    "the training data is memory-mapped, or train.threads leaves a CPU free "
-                                   "and a batch holds 256 KiB or more",
+                                   "and a batch holds 64 KiB or more",
                            choices=("auto", "on", "off"), kind="switch")
     check: bool = option(True, "scan every value before step 1 (labels in range, no NaN/Inf); false "
                                "skips the scan for trusted data (shapes and dtypes are always checked)")

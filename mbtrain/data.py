@@ -145,6 +145,9 @@ def load_for_checkpoint(ckpt, source, role: str = "evaluation") -> Dataset:
 
 
 CHUNK_BYTES = 1 << 18      # batch data gathered per call: small batches share the per-call costs
+# ... and per hand-over when a thread prefetches: each hand-over makes the thread take the GIL
+# a dozen times, which the training step waits for
+PREFETCH_CHUNK_BYTES = 1 << 21
 
 
 class Batches:
@@ -172,7 +175,7 @@ class Batches:
     def batches_per_chunk(self) -> int:
         """Batches gathered together (about CHUNK_BYTES of batch data), so small batches cost a few calls."""
         per_batch = self.batch_size * self.data.features * self.dtype.itemsize
-        return max(1, CHUNK_BYTES // max(per_batch, 1))
+        return max(1, (PREFETCH_CHUNK_BYTES if self.prefetch else CHUNK_BYTES) // max(per_batch, 1))
 
     def row_chunks(self, epoch: int, first_step: int = 0, per_chunk: int | None = None):
         """The absolute row indices of up to `per_chunk` consecutive batches at a time, each

@@ -19,12 +19,12 @@ DEPTH = 2
 _DONE = object()
 
 
-# Below this much batch data, handing batches between threads measured slower than gathering
-# them in the loop on this shared 2-CPU machine: Nielsen's batch 10 (31 KB), and A's batch 64 of
-# MNIST (203 KB: one epoch of `mbtrain fit configs/bench-a.yaml` took a median 10-20 % longer with
-# it, 20 alternated runs); mnist-fast's batch 128 (406 KB) trained 18 % faster with it (README,
-# Data at scale).
-MIN_BATCH_BYTES = 1 << 18
+# Below this much batch data, a background thread gained nothing on this shared 2-CPU machine:
+# Nielsen's batch 10 (31 KB) trained no faster with it. The thread hands batches over
+# data.PREFETCH_CHUNK_BYTES (2 MiB) at a time; with one batch per hand-over, A's batch 64 of
+# MNIST (203 KB) had trained 10-20 % slower with prefetch, and now trains 12 % faster
+# (whole steps alternated in one process, paired medians of 15 rounds; README, Data at scale).
+MIN_BATCH_BYTES = 1 << 16
 
 
 def enabled(setting: str, file_backed: bool, threads: int = 0, batch_bytes: int = 0) -> bool:
