@@ -121,7 +121,8 @@ class Trainer:
         self.opt = optim.make(t, self.model.params, n_train=len(train_set))
         self.clip_norm = t.clip_norm
         self.per_sample = per_sample
-        self.train_step = step.TrainStep(self.model, self.opt, t.clip_norm, t.fused_update)
+        self.train_step = step.TrainStep(self.model, self.opt, t.clip_norm, t.fused_update,
+                                         input_bound=train_set.entry_bound())   # as fit makes it
         self.batches = make_batches(cfg, train_set, prefetch, drop_last=True)   # as fit makes them, K rows each
         self.stream = data.endless(self.batches)
 

@@ -47,6 +47,21 @@ class Dataset:
         # batches of a memory-mapped file are read with pread, so they never map the file
         self._x_rows, self._y_rows = streaming.RowReader.for_array(self.x), streaming.RowReader.for_array(self.y)
 
+    def entry_bound(self) -> float | None:
+        """A bound on |x| for every entry of every batch gathered from here, known without a pass
+        over the data, or None: uint8 pixels scale into [0, 1], and the per-feature normalization
+        x' = (x - shift) * scale maps [0, 1] into max_j max(|shift_j|, |1 - shift_j|) |scale_j|.
+        With a margin of 0.1 % for the rounding of the float transform (a guard's use, not a
+        statistic: mbtrain.guard.vouch_for_fused_sgd).
+        """
+        if self.scale is None:
+            return None
+        bound = 1.0
+        if self.normalization is not None:
+            n = self.normalization
+            bound = float(np.max(np.maximum(np.abs(n.shift), np.abs(1.0 - n.shift)) * np.abs(n.scale)))
+        return bound * 1.001
+
     @property
     def file_backed(self) -> bool:
         """True when batches are read from a file (memory-mapped .npy or raw IDX), not from memory."""

@@ -48,18 +48,25 @@ def fuses(model: MLP, opt, clip_norm: float, setting: str = "auto") -> bool:
 
 
 class TrainStep:
-    """step(X, Y, masks) -> the batch's mean loss, the model's parameters updated by `opt`."""
+    """step(X, Y, masks) -> the batch's mean loss, the model's parameters updated by `opt`.
 
-    def __init__(self, model: MLP, opt, clip_norm: float = 0.0, fused_update: str = "auto"):
+    input_bound: a bound on |x| for every entry of every X this step will see (the training
+    set's Dataset.entry_bound()), or None; the fused path's guard then bounds ||X|| from it
+    instead of taking a dot product over X (mbtrain.guard.vouch_for_fused_sgd).
+    """
+
+    def __init__(self, model: MLP, opt, clip_norm: float = 0.0, fused_update: str = "auto",
+                 input_bound: float | None = None):
         self.model, self.opt, self.clip_norm = model, opt, clip_norm
         self.fused = fuses(model, opt, clip_norm, fused_update)
+        self.input_bound = input_bound
 
     def __call__(self, X: np.ndarray, Y: np.ndarray, masks: list[np.ndarray] | None = None) -> float:
         model = self.model
         model.forward(X, masks)                                        # (K, m_L)
         if self.fused:
             loss = model.loss_and_errors(Y)                            # every dZ and db, no dW
-            if guard.vouch_for_fused_sgd(loss, model.dZ, model.layer_inputs()):
+            if guard.vouch_for_fused_sgd(loss, model.dZ, model.layer_inputs(), self.input_bound):
                 model.sgd_update(model.dtype.type(self.opt.lr))       # b -= lr db, W -= lr dZ^T A_prev
                 return loss
             model.weight_gradients()                                   # not vouched for: form dW, check it

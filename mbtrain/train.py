@@ -168,7 +168,8 @@ class _Run:
         self.cfg, self.train_set = cfg, train_set
         self.model = MLP(resume.params, m.activation, m.output) if resume else build_model(cfg)
         self.opt = optim.make(t, self.model.params, n_train=len(train_set))
-        self.train_step = step.TrainStep(self.model, self.opt, t.clip_norm, t.fused_update)
+        self.train_step = step.TrainStep(self.model, self.opt, t.clip_norm, t.fused_update,
+                                         input_bound=train_set.entry_bound())
         self.state = {"epoch": 0, "epoch_step": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
                       "seconds": 0.0, **monitor.INITIAL_STATE}
         if resume:

@@ -159,7 +159,7 @@ def test_guard_vouches_only_for_finite_bounded_gradients():
 
 @needs_gemm
 def test_when_the_guard_cannot_vouch_the_step_forms_the_gradients(monkeypatch):
-    monkeypatch.setattr(guard, "vouch_for_fused_sgd", lambda loss, errors, inputs: False)
+    monkeypatch.setattr(guard, "vouch_for_fused_sgd", lambda loss, errors, inputs, input_bound=None: False)
     model, ref = _model(np.float32), _model(np.float32)
     s = step.TrainStep(model, optim.SGD(model.params, lr=0.3))
     assert s.fused
@@ -181,3 +181,25 @@ def test_update_keeps_no_array_alive_and_follows_new_arrays_at_old_ids():
     del probe
     gc.collect()
     assert ref() is None
+
+
+@needs_gemm
+def test_an_input_bound_spares_the_pass_over_the_batch_and_changes_no_weight(monkeypatch):
+    """TrainStep(input_bound=...) bounds ||X|| from it: the guard never reads X, the weights are
+    the same as when it does."""
+    runs = []
+    for bound in (None, 4.5):
+        model = _model(np.float32)
+        s = step.TrainStep(model, optim.SGD(model.params, lr=0.3), input_bound=bound)
+        read = []
+        vdot = np.vdot
+        monkeypatch.setattr(guard.np, "vdot", lambda a, b: (read.append(a.shape), vdot(a, b))[1])
+        for X, Y in _batches(np.float32):
+            assert np.abs(X).max() <= 4.5
+            s(X, Y)
+        monkeypatch.setattr(guard.np, "vdot", vdot)
+        assert ((8, 6) in read) == (bound is None)           # X is (8, 6); every other input is read
+        assert (8, 9) in read and (8, 7) in read
+        runs.append([p.copy() for p in model.params])
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)

@@ -133,3 +133,20 @@ def test_fit_clips_the_update_by_global_norm(tmp_path, tiny_data):
     for l, (p0, d) in enumerate(zip(start, g)):
         name = f"{'W' if l % 2 == 0 else 'b'}{l // 2}"
         np.testing.assert_allclose(got[name], p0 - 2.0 * d * (0.01 / norm), rtol=1e-5, atol=1e-7)
+
+
+def test_the_voucher_bounds_the_batch_from_input_bound_without_reading_it():
+    """With input_bound, ||X||^2 <= K n bound^2 replaces the pass over the batch (inputs[0])."""
+    rng = np.random.default_rng(6)
+    dZ, X = rng.standard_normal((4, 3)).astype(np.float32), rng.uniform(0, 1, (4, 5)).astype(np.float32)
+    assert guard.vouch_for_fused_sgd(0.5, [dZ], [X], input_bound=1.0)
+    X[0, 0] = np.nan                                      # not read when a bound is given ...
+    assert guard.vouch_for_fused_sgd(0.5, [dZ], [X], input_bound=1.0)
+    assert not guard.vouch_for_fused_sgd(0.5, [dZ], [X])  # ... and read without one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not guard.vouch_for_fused_sgd(0.5, [dZ], [X], input_bound=1e38)   # beyond float32 range
+    # only the batch: a hidden layer's input is always read
+    A = rng.standard_normal((4, 3)).astype(np.float32)
+    A[1, 1] = np.inf
+    assert not guard.vouch_for_fused_sgd(0.5, [dZ, dZ], [X, A], input_bound=1.0)

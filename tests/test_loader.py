@@ -221,3 +221,29 @@ def test_prefetch_auto_needs_a_spare_cpu_and_big_enough_batches(monkeypatch):
     assert not prefetch.enabled("auto", False, threads=1, batch_bytes=big - 1)  # hand-over costs more
     monkeypatch.setattr(prefetch.os, "sched_getaffinity", lambda pid: {0})
     assert not prefetch.enabled("auto", True)                          # one CPU: nothing to overlap
+
+
+@pytest.mark.parametrize("mode", ["none", "unit", "standardize"])
+def test_entry_bound_holds_for_every_batch_of_uint8_pixels(mode):
+    """Dataset.entry_bound(): every |x| of every gathered batch, after scaling and normalization."""
+    from mbtrain import normalize
+    from mbtrain.data import Dataset
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 256, (300, 12), dtype=np.uint8)
+    x[:, 3] = 7                                           # a constant feature (scale 1)
+    x[:150, 5] = rng.integers(250, 256, 150)              # a feature of mostly bright pixels
+    d = Dataset(x, rng.integers(0, 3, 300), "pixels")
+    train = Dataset(x, d.y, "pixels", 0, 100)             # statistics from a part: others may exceed them
+    d.normalization = normalize.fit(x, 0, 100, mode, train.scale)
+    bound = d.entry_bound()
+    X, Y = np.empty((300, 12), np.float32), np.empty((300, 3), np.float32)
+    d.gather(np.arange(300), X, Y)
+    assert bound is not None and np.abs(X).max() <= bound
+    if mode == "none":
+        assert bound == pytest.approx(1.0, rel=2e-3)
+
+
+def test_entry_bound_is_unknown_for_float_data():
+    from mbtrain.data import Dataset
+    x = np.random.default_rng(9).standard_normal((20, 4)).astype(np.float32)
+    assert Dataset(x, np.zeros(20, np.int64), "floats").entry_bound() is None
