@@ -203,3 +203,42 @@ def test_an_input_bound_spares_the_pass_over_the_batch_and_changes_no_weight(mon
         runs.append([p.copy() for p in model.params])
     for a, b in zip(*runs):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not gemm.axpy_available(np.float32), reason="numpy's BLAS axpy not found")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,order", [((1000,), "C"), ((30, 17), "C"), ((30, 17), "F"), ((0,), "C")])
+def test_axpy_equals_numpy(dtype, shape, order):
+    rng = np.random.default_rng(2)
+    x = np.asarray(rng.standard_normal(shape), dtype, order=order)
+    y = np.asarray(rng.standard_normal(shape), dtype, order=order)
+    expected = y + dtype(-0.37) * x
+    gemm.axpy(y, x, -0.37)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not gemm.axpy_available(np.float32), reason="numpy's BLAS axpy not found")
+def test_axpy_refuses_arrays_it_cannot_pass_to_blas():
+    y, x = np.zeros((4, 6), np.float32), np.ones((4, 6), np.float32)
+    for bad_y, bad_x in [(y, x[:, :5]), (y, x.astype(np.float64)), (y[:, ::2], x[:, ::2]),
+                         (y, np.asfortranarray(x)), (np.zeros(24, np.float32), x)]:
+        with pytest.raises(ValueError):
+            gemm.axpy(bad_y, bad_x, 1.0)
+    y.flags.writeable = False
+    with pytest.raises(ValueError):
+        gemm.axpy(y, x, 1.0)
+
+
+@pytest.mark.skipif(not gemm.axpy_available(np.float32), reason="numpy's BLAS axpy not found")
+def test_axpy_plan_updates_every_pair_and_checks_them_once():
+    rng = np.random.default_rng(4)
+    ys = [rng.standard_normal(n).astype(np.float32) for n in (5, 0, 300)]
+    xs = [rng.standard_normal(n).astype(np.float32) for n in (5, 0, 300)]
+    expected = [y + np.float32(0.25) * x for y, x in zip(ys, xs)]
+    plan = gemm.AxpyPlan(list(zip(ys, xs)))
+    plan(0.25)
+    for y, e in zip(ys, expected):
+        np.testing.assert_allclose(y, e, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError):
+        gemm.AxpyPlan([(ys[0], xs[2])])

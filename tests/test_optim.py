@@ -7,8 +7,12 @@ import math
 import numpy as np
 import pytest
 
+from mbtrain import gemm, optim
 from mbtrain.model import MLP
 from mbtrain.optim import SGD
+
+# numpy's multiply-and-subtract, and one BLAS axpy per piece where numpy's BLAS has it (train.threads = 1)
+AXPY = [False] + ([True] if gemm.axpy_available(np.float64) else [])
 
 
 def tiny_net():
@@ -44,7 +48,8 @@ def test_first_step_numbers():
 def test_two_steps_with_momentum_and_weight_decay(nesterov):
     lr, mu, lam = 0.5, 0.9, 0.01
     net = tiny_net()
-    opt = SGD(net.params, lr=lr, momentum=mu, nesterov=nesterov, weight_decay=lam)
+    opt = SGD(net.params, lr=lr, momentum=mu, nesterov=nesterov, weight_decay=lam, blas_axpy=True)
+    assert not opt.axpy                                  # numpy's steps with momentum
     w1, w2, b = 0.5, -0.25, 0.1
     v = [0.0, 0.0, 0.0]
     for _ in range(2):
@@ -60,12 +65,53 @@ def test_two_steps_with_momentum_and_weight_decay(nesterov):
         np.testing.assert_allclose(net.params[1], [b], rtol=1e-13)
 
 
-def test_plain_sgd_is_w_minus_lr_grad():
+@pytest.mark.parametrize("axpy", AXPY)
+def test_plain_sgd_is_w_minus_lr_grad(axpy):
     net = tiny_net()
-    opt = SGD(net.params, lr=3.0)
+    opt = SGD(net.params, lr=3.0, blas_axpy=axpy)
+    assert opt.axpy == axpy
     gw1, gw2, gb = by_hand_gradient(0.5, -0.25, 0.1)
     net.forward(X)
     net.loss_and_backward(Y)
     opt.step(net.grads)
     np.testing.assert_allclose(net.params[0], [[0.5 - 3.0 * gw1, -0.25 - 3.0 * gw2]], rtol=1e-14)
     np.testing.assert_allclose(net.params[1], [0.1 - 3.0 * gb], rtol=1e-14)
+
+
+@pytest.mark.skipif(len(AXPY) < 2, reason="numpy's BLAS axpy not found")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_the_axpy_step_is_numpys_up_to_rounding_on_a_packed_model(monkeypatch, dtype, weight_decay):
+    """A model with a column-major W0 (mbtrain.model.weight_order), packed into one buffer in pieces."""
+    from mbtrain.model import init_params
+    rng = np.random.default_rng(3)
+    layers = [300, 100, 200, 10]                    # 52,310 parameters: two flat.CHUNK pieces
+    nets = [MLP(init_params(layers, "he", "zeros", "relu", np.random.default_rng(0), dtype), "relu",
+                "softmax_cross_entropy") for _ in range(2)]
+    opts = [SGD(net.params, lr=0.1, weight_decay=weight_decay, blas_axpy=axpy) for net, axpy in zip(nets, (False, True))]
+    assert opts[1].axpy
+    calls = []
+    real = gemm.AxpyPlan.__call__
+    monkeypatch.setattr(gemm.AxpyPlan, "__call__", lambda plan, alpha: (calls.extend(y.size for y, _ in plan.pairs),
+                                                                        real(plan, alpha)))
+    for _ in range(3):
+        X = rng.standard_normal((16, layers[0])).astype(dtype)
+        Y = np.eye(10, dtype=dtype)[rng.integers(0, 10, 16)]
+        for net, opt in zip(nets, opts):
+            net.forward(X)
+            net.loss_and_backward(Y)
+            opt.step(net.grads)
+    assert len(calls) == 3 * 2 and sum(calls) >= 3 * 52_310       # every piece, every step
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(nets[0].params, nets[1].params):
+        np.testing.assert_allclose(b, a, rtol=tol, atol=tol)
+
+
+def test_make_uses_the_axpy_step_on_one_blas_thread_only():
+    from types import SimpleNamespace
+    params = [np.zeros((3, 2), np.float32), np.zeros(3, np.float32)]
+    t = SimpleNamespace(optimizer="sgd", lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, threads=1)
+    assert optim.make(t, params).axpy == gemm.axpy_available(np.float32)
+    for threads in (0, 2):
+        t.threads = threads
+        assert not optim.make(t, params).axpy
