@@ -8,9 +8,10 @@ gathered from its training data:
   gemm_bound  - only the step's matrix products (Z = A_prev @ W.T, dA_prev = dZ @ W, and
                 dW = dZ.T @ A_prev, or W -= lr dZ.T @ A_prev when the step fuses plain SGD
                 into them, mbtrain.step; same shapes, transposes, dtype), timed alone.
-Implementations alternate inside each repeat; each rate is the median over repeats, and each
-ratio the median over repeats of that repeat's own ratio: its two timings are a fraction of a
-second apart, so a slow stretch of a shared machine slows both sides of it alike.
+Implementations alternate inside each repeat, vectorized always between the other two; each
+rate is the median over repeats, and each ratio the median over repeats of that repeat's own
+ratio: its two timings ran back to back, so a slow stretch of a shared machine slows both
+sides of it alike.
 
     mbtrain bench configs/mnist.yaml --set model.layers=[784,100,10] --set train.batch_size=64
 """
@@ -169,13 +170,14 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
     gemms = _Gemms(layers, K, t.dtype, np.random.default_rng(cfg.seed), vectorized.train_step.fused)
     steps = steps or _calibrate(vectorized.step)
     per_sample_steps = max(1, steps // 10)
-    runs = {"vectorized": (vectorized.step, steps), "per_sample": (per_sample.step, per_sample_steps),
+    # vectorized runs between the other two, so each of its ratios pairs adjacent timings
+    runs = {"per_sample": (per_sample.step, per_sample_steps), "vectorized": (vectorized.step, steps),
             "gemm_bound": (gemms.run, steps)}
     times = {name: [] for name in runs}
     for fn, _ in runs.values():                                            # warm-up
         fn()
     for r in range(repeats):
-        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):     # alternate the order
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):     # alternate the order (around vectorized)
             fn, n = runs[name]
             times[name].append(_timed(fn, n))
             time.sleep(SETTLE_SECONDS)      # a prefetch thread refills its queue outside any timing
