@@ -189,7 +189,8 @@ class Batches:
         return n // K if self.drop_last else -(-n // K)
 
     def batches_per_chunk(self) -> int:
-        """Batches gathered together (about CHUNK_BYTES of batch data), so small batches cost a few calls."""
+        """Batches gathered together (about CHUNK_BYTES of batch data, PREFETCH_CHUNK_BYTES when a thread
+        prefetches), so small batches cost a few calls."""
         per_batch = self.batch_size * self.data.features * self.dtype.itemsize
         return max(1, (PREFETCH_CHUNK_BYTES if self.prefetch else CHUNK_BYTES) // max(per_batch, 1))
 
