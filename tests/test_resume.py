@@ -205,3 +205,28 @@ def test_fused_sgd_run_resumes_bit_identical(setup_plain, tmp_path):
     r = mbtrain("fit", "--resume", last, "--quiet")
     assert r.returncode == 0, r.stderr
     assert_same_run(run, ref)
+
+
+def test_sgd_axpy_run_resumes_bit_identical(tmp_path_factory, tmp_path):
+    """Plain SGD, unfused, on one BLAS thread: the step is BLAS axpy (mbtrain.optim), with an
+    exponential schedule so lr changes every step; SIGKILL mid-epoch, resume, same run as uninterrupted."""
+    from mbtrain import gemm, optim
+    from mbtrain.config import load_config
+    from mbtrain.train import build_model
+    if not gemm.axpy_available(np.float32):
+        pytest.skip("numpy's BLAS axpy not found")
+    cfg, ref = blobs_run(tmp_path_factory.mktemp("resume_axpy"), 9, {
+        "seed": 17,
+        "model": {"layers": [8, 64, 3], "activation": "relu"},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 0.1, "dtype": "float32", "fused_update": "off",
+                  "threads": 1, "schedule": "exponential", "lr_decay_factor": 0.5},
+        "checkpoint": {"every_steps": 5},
+    })
+    c = load_config(cfg)
+    assert optim.make(c.train, build_model(c).params).axpy
+    run = str(tmp_path / "run")
+    last = os.path.join(run, "checkpoints", "last.npz")
+    kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at="step:18")
+    r = mbtrain("fit", "--resume", last, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert_same_run(run, ref)
