@@ -189,6 +189,16 @@ def setup_plain(tmp_path_factory):
     })
 
 
+def kill_mid_epoch_then_resume(cfg: str, ref: str, tmp_path) -> None:
+    """SIGKILL `fit cfg` at step 18 (mid-epoch, after the step-15 checkpoint), resume, compare with ref."""
+    run = str(tmp_path / "run")
+    last = os.path.join(run, "checkpoints", "last.npz")
+    kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at="step:18")
+    r = mbtrain("fit", "--resume", last, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert_same_run(run, ref)
+
+
 def test_fused_sgd_run_resumes_bit_identical(setup_plain, tmp_path):
     from mbtrain import gemm, optim, step
     from mbtrain.config import load_config
@@ -199,12 +209,7 @@ def test_fused_sgd_run_resumes_bit_identical(setup_plain, tmp_path):
     if not gemm.available(np.float32):
         pytest.skip("numpy's BLAS gemm not found: the step cannot fuse here")
     assert step.TrainStep(model, optim.make(c.train, model.params), c.train.clip_norm, "on").fused
-    run = str(tmp_path / "run")
-    last = os.path.join(run, "checkpoints", "last.npz")
-    kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at="step:18")
-    r = mbtrain("fit", "--resume", last, "--quiet")
-    assert r.returncode == 0, r.stderr
-    assert_same_run(run, ref)
+    kill_mid_epoch_then_resume(cfg, ref, tmp_path)
 
 
 def test_sgd_axpy_run_resumes_bit_identical(tmp_path_factory, tmp_path):
@@ -224,9 +229,4 @@ def test_sgd_axpy_run_resumes_bit_identical(tmp_path_factory, tmp_path):
     })
     c = load_config(cfg)
     assert optim.make(c.train, build_model(c).params).axpy
-    run = str(tmp_path / "run")
-    last = os.path.join(run, "checkpoints", "last.npz")
-    kill_at_pause("fit", cfg, "--out", run, "--quiet", pause_at="step:18")
-    r = mbtrain("fit", "--resume", last, "--quiet")
-    assert r.returncode == 0, r.stderr
-    assert_same_run(run, ref)
+    kill_mid_epoch_then_resume(cfg, ref, tmp_path)
