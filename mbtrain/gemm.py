@@ -95,7 +95,7 @@ def _axpy_agrees_with_numpy(fn, dtype: np.dtype) -> bool:
     x, y = rng.standard_normal(7).astype(dtype), rng.standard_normal(7).astype(dtype)
     expected = y + -0.5 * x
     try:
-        _call_axpy(fn, y, x, -0.5)
+        fn(len(y), -0.5, x.ctypes.data, 1, y.ctypes.data, 1)
     except Exception:                               # noqa: BLE001 - any failure means: use numpy
         return False
     return bool(np.allclose(y, expected, rtol=1e-5, atol=1e-5))
@@ -125,8 +125,8 @@ def axpy_available(dtype) -> bool:
 
 def axpy(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
     """y = y + alpha x in place, for y and x of one dtype, size and memory order (C or Fortran),
-    both contiguous (any shape: the update runs over their memory)."""
-    _call_axpy(_axpy_routine(y.dtype), y, x, alpha)
+    both contiguous (any shape: the update runs over their memory). A one-pair AxpyPlan."""
+    AxpyPlan([(y, x)])(alpha)
 
 
 class AxpyPlan:
@@ -147,12 +147,6 @@ class AxpyPlan:
         a, fn = float(alpha), self._fn
         for n, x, y in self._calls:
             fn(n, a, x, 1, y, 1)
-
-
-def _call_axpy(fn, y: np.ndarray, x: np.ndarray, alpha: float) -> None:
-    _check_axpy(y, x)
-    if y.size:
-        fn(y.size, float(alpha), _address(x), 1, _address(y), 1)
 
 
 def _check_axpy(y: np.ndarray, x: np.ndarray) -> None:

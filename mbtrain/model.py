@@ -188,16 +188,17 @@ class MLP:
                 dZ_prev *= self.act.derivative(self.Z[l - 1], self.A[l - 1], out=self.dact[l - 1])
                 dZ = dZ_prev
 
-    def sgd_update(self, lr) -> None:
+    def sgd_update(self, lr, inputs: list[np.ndarray]) -> None:
         """Plain SGD on every layer: b -= lr db, and W -= lr * dZ.T @ A_prev computed by the product itself.
 
         Call after backward_errors(); needs gemm.available(self.dtype). No dW array is formed.
-        lr: a scalar of the model's dtype.
+        lr: a scalar of the model's dtype; inputs: layer_inputs() of this batch (the caller's guard
+        has them already).
         """
-        for l in range(len(self.Z)):
+        for l, A_prev in enumerate(inputs):
             b = self.params[2 * l + 1]
             b -= np.multiply(self.grads[2 * l + 1], lr, out=self._bias_step[l])       # b -= lr db
-            gemm.update(self.params[2 * l], self.dZ[l], self._layer_input(l), alpha=-lr, beta=1.0)
+            gemm.update(self.params[2 * l], self.dZ[l], A_prev, alpha=-lr, beta=1.0)
 
     def predict(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """Output activations (N, m_L) for X (N, n_0), in batches, without touching the buffers."""

@@ -66,8 +66,9 @@ class TrainStep:
         model.forward(X, masks)                                        # (K, m_L)
         if self.fused:
             loss = model.loss_and_errors(Y)                            # every dZ and db, no dW
-            if guard.vouch_for_fused_sgd(loss, model.dZ, model.layer_inputs(), self.input_bound):
-                model.sgd_update(model.dtype.type(self.opt.lr))       # b -= lr db, W -= lr dZ^T A_prev
+            inputs = model.layer_inputs()
+            if guard.vouch_for_fused_sgd(loss, model.dZ, inputs, self.input_bound):
+                model.sgd_update(model.dtype.type(self.opt.lr), inputs)   # b -= lr db, W -= lr dZ^T A_prev
                 return loss
             model.weight_gradients()                                   # not vouched for: form dW, check it
         else:
