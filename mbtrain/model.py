@@ -115,7 +115,10 @@ class MLP:
         self.A = [make(m) for m in self.layers[1:-1]]        # hidden activations
         self.A_dropped = [make(m) for m in self.layers[1:-1]]  # A * dropout mask, when masks are given
         self.dZ = [make(m) for m in self.layers[1:]]         # errors dC/dZ per layer
-        self.dact = [make(m) for m in self.layers[1:-1]]     # sigma'(Z) of hidden layers
+        if self.act.step_derivative:                         # sigma'(Z) of hidden layers: a 0/1 mask
+            self.dact = [np.empty((K, m), bool) for m in self.layers[1:-1]]
+        else:                                                # sigma'(Z) of hidden layers
+            self.dact = [make(m) for m in self.layers[1:-1]]
         self._K = K
 
     def forward(self, X: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:

@@ -166,3 +166,23 @@ def test_softmax_loss_is_stable_for_huge_logits():
     assert np.isfinite(loss) and np.isfinite(dZ).all()
     assert loss == pytest.approx((0.0 + 1e4) / 2)                # -log p_y per sample, averaged
     assert dZ.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_errors_through_a_boolean_mask_equal_a_float_mask_bit_for_bit(dtype):
+    """ReLU's sigma' is kept as a boolean mask (faster to write and to multiply by); the errors
+    passed back equal (dZ @ W) * (Z > 0) formed with a float 0/1 mask, to the last bit, signed
+    zeros and NaN included."""
+    rng = np.random.default_rng(3)
+    layers = [6, 9, 8, 4]
+    model = MLP(init_params(layers, "auto", "zeros", "relu", rng, dtype), "relu", "softmax_cross_entropy")
+    X = rng.standard_normal((11, 6)).astype(dtype)
+    Y = np.eye(4, dtype=dtype)[rng.integers(0, 4, size=11)]
+    X[0, :] = np.nan                                             # a NaN row: its errors must stay NaN
+    model.forward(X)
+    model.loss_and_backward(Y)
+    assert all(d.dtype == np.bool_ for d in model.dact)          # the mask path is the one tested
+    for l in (2, 1):
+        expected = (model.dZ[l] @ model.weights[l]) * (model.Z[l - 1] > 0).astype(dtype)
+        np.testing.assert_array_equal(model.dZ[l - 1], expected)
+        assert np.array_equal(np.signbit(model.dZ[l - 1]), np.signbit(expected))
