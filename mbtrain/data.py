@@ -52,7 +52,7 @@ class Dataset:
         over the data, or None: uint8 pixels scale into [0, 1], and the per-feature normalization
         x' = (x - shift) * scale maps [0, 1] into max_j max(|shift_j|, |1 - shift_j|) |scale_j|.
         With a margin of 0.1 % for the rounding of the float transform (a guard's use, not a
-        statistic: mbtrain.guard.vouch_for_fused_sgd).
+        statistic: mbtrain.guard.batch_squares).
         """
         if self.scale is None:
             return None

@@ -73,11 +73,26 @@ def vouch_for_fused_sgd(loss: float, errors: list[np.ndarray], inputs: list[np.n
     """
     if not math.isfinite(loss):
         raise Diverged(f"loss is {loss}")
-    biggest = _MAX[errors[0].dtype]
-    for l, (dZ, A) in enumerate(zip(errors, inputs)):          # vdot: an overflow gives inf, no warning
-        e = float(np.vdot(dZ, dZ))
-        a = A.size * input_bound * input_bound if l == 0 and input_bound is not None else float(np.vdot(A, A))
-        if not math.sqrt(e) * math.sqrt(max(a, dZ.shape[0])) < biggest:   # also False for inf, nan
+    error_squares = [float(np.vdot(dZ, dZ)) for dZ in errors]  # vdot: an overflow gives inf, no warning
+    input_squares = [batch_squares(inputs[0], input_bound)] + [float(np.vdot(A, A)) for A in inputs[1:]]
+    return vouch_from_squares(loss, error_squares, input_squares, errors[0].shape[0], errors[0].dtype)
+
+
+def batch_squares(X: np.ndarray, input_bound: float | None = None) -> float:
+    """||X||^2 of a batch X (K, n), or its bound K n input_bound^2 when input_bound bounds every |x|."""
+    return X.size * input_bound * input_bound if input_bound is not None else float(np.vdot(X, X))
+
+
+def vouch_from_squares(loss: float, error_squares: list[float], input_squares: list[float], K: int,
+                       dtype) -> bool:
+    """vouch_for_fused_sgd from the sums of squares ||dZ_l||^2 and ||A_l||^2 (or bounds on them) of
+    each layer's errors and inputs, K rows each, taken by the caller (mbtrain.model notes them while
+    each array is in cache). Raises Diverged for a non-finite loss."""
+    if not math.isfinite(loss):
+        raise Diverged(f"loss is {loss}")
+    biggest = _MAX[np.dtype(dtype)]
+    for e, a in zip(error_squares, input_squares):
+        if not math.sqrt(e) * math.sqrt(max(a, K)) < biggest:   # also False for inf, nan
             return False
     return True
 

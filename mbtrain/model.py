@@ -97,6 +97,11 @@ class MLP:
         self.layers = [params[0].shape[1]] + [W.shape[0] for W in params[0::2]]
         self._K = None
         self.masks = None
+        # set by a fused training step (mbtrain.step): forward() and backward_errors() then note the
+        # sum of squares of each hidden layer's input and each error while it is still in cache, for
+        # the guard (mbtrain.guard.vouch_from_squares; taken afterwards, the four at bench-b's
+        # 256 x 1024 took ~210 us, right after each was written ~100 us)
+        self.squares = False
 
     @property
     def weights(self):
@@ -115,6 +120,8 @@ class MLP:
         self.A = [make(m) for m in self.layers[1:-1]]        # hidden activations
         self.A_dropped = [make(m) for m in self.layers[1:-1]]  # A * dropout mask, when masks are given
         self.dZ = [make(m) for m in self.layers[1:]]         # errors dC/dZ per layer
+        self.input_squares = [0.0] * (len(self.layers) - 1)  # ||A_prev||^2 per layer (squares; [0] the caller's)
+        self.error_squares = [0.0] * (len(self.layers) - 1)  # ||dZ||^2 per layer (squares)
         if self.act.step_derivative:                         # sigma'(Z) of hidden layers: a 0/1 mask
             self.dact = [np.empty((K, m), bool) for m in self.layers[1:-1]]
         else:                                                # sigma'(Z) of hidden layers
@@ -138,6 +145,8 @@ class MLP:
                 A_prev = self.act.forward(Z, out=self.A[l])        # (K, m)
                 if masks is not None:                              # A stays undropped for sigma'
                     A_prev = np.multiply(A_prev, masks[l], out=self.A_dropped[l])
+                if self.squares:
+                    self.input_squares[l + 1] = float(np.vdot(A_prev, A_prev))
         return self.Z[-1]
 
     def _layer_input(self, l: int) -> np.ndarray:
@@ -181,6 +190,8 @@ class MLP:
         if dZ is not self.dZ[-1]:
             np.copyto(self.dZ[-1], dZ)
             dZ = self.dZ[-1]
+        if self.squares:
+            self.error_squares[-1] = float(np.vdot(dZ, dZ))
         for l in range(len(self.Z) - 1, -1, -1):
             W = self.params[2 * l]
             rowops.column_sums(dZ, out=self.grads[2 * l + 1])      # db = dZ.sum(0)      (m,)
@@ -189,6 +200,8 @@ class MLP:
                 if self.masks is not None:
                     dZ_prev *= self.masks[l - 1]                   # d(A * mask)/dA = mask
                 dZ_prev *= self.act.derivative(self.Z[l - 1], self.A[l - 1], out=self.dact[l - 1])
+                if self.squares:
+                    self.error_squares[l - 1] = float(np.vdot(dZ_prev, dZ_prev))
                 dZ = dZ_prev
 
     def sgd_update(self, lr, inputs: list[np.ndarray]) -> None:

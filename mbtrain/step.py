@@ -52,7 +52,7 @@ class TrainStep:
 
     input_bound: a bound on |x| for every entry of every X this step will see (the training
     set's Dataset.entry_bound()), or None; the fused path's guard then bounds ||X|| from it
-    instead of taking a dot product over X (mbtrain.guard.vouch_for_fused_sgd).
+    instead of taking a dot product over X (mbtrain.guard.batch_squares).
     """
 
     def __init__(self, model: MLP, opt, clip_norm: float = 0.0, fused_update: str = "auto",
@@ -60,6 +60,7 @@ class TrainStep:
         self.model, self.opt, self.clip_norm = model, opt, clip_norm
         self.fused = fuses(model, opt, clip_norm, fused_update)
         self.input_bound = input_bound
+        model.squares = self.fused                  # the guard's sums of squares, noted in passing
 
     def __call__(self, X: np.ndarray, Y: np.ndarray, masks: list[np.ndarray] | None = None) -> float:
         model = self.model
@@ -67,7 +68,8 @@ class TrainStep:
         if self.fused:
             loss = model.loss_and_errors(Y)                            # every dZ and db, no dW
             inputs = model.layer_inputs()
-            if guard.vouch_for_fused_sgd(loss, model.dZ, inputs, self.input_bound):
+            model.input_squares[0] = guard.batch_squares(X, self.input_bound)
+            if guard.vouch_from_squares(loss, model.error_squares, model.input_squares, X.shape[0], model.dtype):
                 model.sgd_update(model.dtype.type(self.opt.lr), inputs)   # b -= lr db, W -= lr dZ^T A_prev
                 return loss
             model.weight_gradients()                                   # not vouched for: form dW, check it

@@ -159,11 +159,37 @@ def test_guard_vouches_only_for_finite_bounded_gradients():
 
 @needs_gemm
 def test_when_the_guard_cannot_vouch_the_step_forms_the_gradients(monkeypatch):
-    monkeypatch.setattr(guard, "vouch_for_fused_sgd", lambda loss, errors, inputs, input_bound=None: False)
+    asked = []
+    monkeypatch.setattr(guard, "vouch_from_squares", lambda *args: asked.append(args) and False)
     model, ref = _model(np.float32), _model(np.float32)
     s = step.TrainStep(model, optim.SGD(model.params, lr=0.3))
     assert s.fused
     assert_same_as_the_general_path(s, model, ref, np.float32)
+    assert asked                                       # the step asked, and took the general path
+
+
+@needs_gemm
+@pytest.mark.parametrize("with_dropout", [False, True])
+def test_the_squares_the_model_notes_for_the_guard_are_those_of_its_arrays(with_dropout):
+    """A fused step's model notes ||A_prev||^2 of each hidden layer's input (dropped out, when masks
+    are given) and ||dZ||^2 of each error as it writes them; they equal fresh dot products of the
+    arrays the update then reads, and the step's verdict is the voucher's on those arrays."""
+    from mbtrain import dropout
+    model = _model(np.float32)
+    s = step.TrainStep(model, optim.SGD(model.params, lr=0.3))
+    for i, (X, Y) in enumerate(_batches(np.float32)):
+        masks = dropout.masks(7, 0, i, len(X), model.layers[1:-1], 0.5, model.dtype) if with_dropout else None
+        model.forward(X, masks)
+        loss = model.loss_and_errors(Y)
+        inputs = model.layer_inputs()
+        assert (inputs[1] is model.A_dropped[0]) == with_dropout
+        assert model.input_squares[1:] == [float(np.vdot(A, A)) for A in inputs[1:]]
+        assert model.error_squares == [float(np.vdot(dZ, dZ)) for dZ in model.dZ]
+        s(X, Y, masks)                                 # the step notes the same squares again
+        assert model.error_squares == [float(np.vdot(dZ, dZ)) for dZ in model.dZ]
+    unfused = _model(np.float32)
+    step.TrainStep(unfused, optim.SGD(unfused.params, lr=0.3, momentum=0.9))
+    assert not unfused.squares                         # only a fused step pays for them
 
 
 @needs_gemm
