@@ -1,5 +1,5 @@
-"""C = beta C + alpha A^T B (and y = y + alpha x) through the BLAS numpy itself runs on, so an SGD
-update rides in its product.
+"""C = beta C + alpha A^T B (and y = y + alpha x, Z = Z + A W^T) through the BLAS numpy itself runs
+on, so an SGD update (or a bias) rides in its product.
 
 numpy's matmul computes C = A @ B only. The BLAS routine underneath (sgemm/dgemm) also takes
 alpha and beta, and with them plain SGD's weight update needs no gradient array and no pass
@@ -164,6 +164,30 @@ def update(C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: floa
     C^T = beta C^T + alpha B^T A, the same numbers).
     """
     _call(_routine(C.dtype), C, A, B, alpha, beta)
+
+
+def add_product(Z: np.ndarray, A: np.ndarray, W: np.ndarray) -> None:
+    """Z = Z + A @ W.T in place: Z (K, m), A (K, n), W (m, n), one dtype.
+
+    A forward product with the bias already in Z (Z filled with b): OpenBLAS zeroes C before a
+    beta = 0 product, so the fill costs no more than that zeroing and the pass of `Z += b` is saved.
+    Z and A C-contiguous; W row- or column-major.
+    """
+    K, n = A.shape
+    m = W.shape[0]
+    if W.shape[1] != n or Z.shape != (K, m) or not (A.dtype == W.dtype == Z.dtype):
+        raise ValueError(f"gemm.add_product: shapes Z {Z.shape}, A {A.shape}, W {W.shape} or dtypes do not fit")
+    if not (A.flags.c_contiguous and Z.flags.c_contiguous and Z.flags.writeable
+            and (W.flags.c_contiguous or W.flags.f_contiguous)):
+        raise ValueError("gemm.add_product needs C-contiguous A and writeable Z and a contiguous W")
+    if K == 0 or m == 0:
+        return
+    if W.flags.c_contiguous:                         # Z += A W^T
+        _routine(Z.dtype)(_ROW_MAJOR, _NO_TRANS, _TRANS, K, m, n, 1.0, _address(A), max(n, 1), _address(W),
+                          max(n, 1), 1.0, _address(Z), max(m, 1))
+    else:                                            # column-major W: W^T is row-major (n, m)
+        _routine(Z.dtype)(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, K, m, n, 1.0, _address(A), max(n, 1), _address(W),
+                          max(m, 1), 1.0, _address(Z), max(m, 1))
 
 
 def _call(fn, C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: float) -> None:

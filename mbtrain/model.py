@@ -4,7 +4,7 @@ Layer l (1..L) has m neurons, layer l-1 has n, a minibatch has K samples in rows
 W[l] is (m, n): row i is neuron i of layer l, column j is neuron j of layer l-1 ("to, from",
 like torch.nn.Linear.weight).
 
-    forward:  Z = A_prev @ W.T + b                 (K, m)
+    forward:  Z = A_prev @ W.T + b                 (K, m)  (b in Z first for wide layers)
               A = sigma(Z)
     backward: dW = dZ.T @ A_prev                   (m, n) = sum_k delta_k a_k^T
               db = dZ.sum(axis=0)                  (m,)
@@ -32,6 +32,15 @@ from mbtrain import activations, flat, gemm, losses, rowops
 
 # input layers this wide store W column-major (see the module docstring)
 COLUMN_MAJOR_WIDTHS = range(64, 513)
+
+
+# Row-major layers this wide get their bias from the forward product itself (Z = b, then
+# Z += A_prev @ W.T through mbtrain.gemm): one pass over Z less than `Z += b`, which OpenBLAS
+# otherwise spends zeroing Z. In B's steps (784-1024-1024-10, batch 256) the forward products and
+# bias adds took 0.97 of their time on two BLAS threads, 0.99 on one; with 100 neurons no gain,
+# and on a column-major input layer (weight_order: mnist.yaml's 512, mnist-fast.yaml's 256) 1.04,
+# slower (README, "Why it is fast").
+BIAS_IN_PRODUCT_WIDTH = 256
 
 
 def weight_order(l: int, m: int) -> str:
@@ -126,6 +135,8 @@ class MLP:
             self.dact = [np.empty((K, m), bool) for m in self.layers[1:-1]]
         else:                                                # sigma'(Z) of hidden layers
             self.dact = [make(m) for m in self.layers[1:-1]]
+        self._bias_in_product = [m >= BIAS_IN_PRODUCT_WIDTH and weight_order(l, m) == "C" and gemm.available(self.dtype)
+                                 for l, m in enumerate(self.layers[1:])]
         self._K = K
 
     def forward(self, X: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:
@@ -139,8 +150,13 @@ class MLP:
         A_prev = X
         L = len(self.Z)
         for l, (W, b) in enumerate(zip(self.weights, self.biases)):
-            Z = np.matmul(A_prev, W.T, out=self.Z[l])             # (K, m)
-            Z += b
+            if self._bias_in_product[l] and A_prev.flags.c_contiguous and A_prev.dtype == W.dtype:
+                Z = self.Z[l]
+                np.copyto(Z, b)                                    # Z = b, then Z += A_prev @ W.T
+                gemm.add_product(Z, A_prev, W)
+            else:
+                Z = np.matmul(A_prev, W.T, out=self.Z[l])             # (K, m)
+                Z += b
             if l < L - 1:
                 A_prev = self.act.forward(Z, out=self.A[l])        # (K, m)
                 if masks is not None:                              # A stays undropped for sigma'

@@ -46,6 +46,67 @@ def test_update_refuses_arrays_it_cannot_pass_to_blas():
         gemm.update(C, A, B.astype(np.float64), -1.0)
 
 
+@needs_gemm
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K,n,m", [(1, 3, 4), (64, 784, 100), (7, 1, 1), (0, 3, 4), (5, 3, 0)])
+@pytest.mark.parametrize("order", ["C", "F"])                  # a row- or column-major W (model.weight_order)
+def test_add_product_equals_numpy(dtype, K, n, m, order):
+    rng = np.random.default_rng(K * m + n)
+    A = rng.standard_normal((K, n)).astype(dtype)
+    W = np.asarray(rng.standard_normal((m, n)).astype(dtype), order=order)
+    Z = rng.standard_normal((K, m)).astype(dtype)
+    want = Z.astype(np.float64) + A.astype(np.float64) @ W.T.astype(np.float64)
+    gemm.add_product(Z, A, W)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(Z, want, rtol=tol, atol=tol * max(np.abs(want).max(initial=0), 1))
+
+
+@needs_gemm
+def test_add_product_refuses_arrays_it_cannot_pass_to_blas():
+    Z, A, W = np.zeros((5, 3), np.float32), np.ones((5, 4), np.float32), np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm.add_product(np.zeros((5, 6), np.float32)[:, ::2], A, W)    # strided Z
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm.add_product(Z, np.ones((4, 5), np.float32).T, W)          # column-major A
+    with pytest.raises(ValueError, match="shapes"):
+        gemm.add_product(Z, A, np.ones((3, 5), np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        gemm.add_product(Z, A, W.astype(np.float64))
+
+
+@needs_gemm
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_layers_take_their_bias_in_the_forward_product(dtype, monkeypatch):
+    """Row-major layers of BIAS_IN_PRODUCT_WIDTH neurons and more: Z = b, then Z += A_prev @ W.T
+    through BLAS; Z matches a float64 reference, narrower layers keep matmul and +=, and a batch
+    BLAS cannot take (column-major) takes numpy's path to the same numbers."""
+    from mbtrain import model as model_module
+    rng = np.random.default_rng(5)
+    layers = [20, 600, 12, model_module.BIAS_IN_PRODUCT_WIDTH]    # W0 (600, 20) row-major (weight_order)
+    m = MLP(init_params(layers, "he", "normal", "tanh", rng, dtype), "tanh", "softmax_cross_entropy")
+    calls = []
+    real = gemm.add_product
+    monkeypatch.setattr(gemm, "add_product", lambda Z, A, W: calls.append(Z.shape[1]) or real(Z, A, W))
+    X = rng.standard_normal((9, 20)).astype(dtype)
+    m.forward(X)
+    assert calls == [layers[1], layers[3]]
+    A = X.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for l, (W, b) in enumerate(zip(m.weights, m.biases)):
+        Z = A @ W.T.astype(np.float64) + b
+        np.testing.assert_allclose(m.Z[l], Z, rtol=tol, atol=tol * np.abs(Z).max())
+        A = np.tanh(Z)
+    wide = [Z.copy() for Z in m.Z]
+    calls.clear()
+    m.forward(np.asfortranarray(X))                               # a column-major batch
+    assert calls == [layers[3]]                                   # the first layer fell back to numpy
+    np.testing.assert_allclose(m.Z[-1], wide[-1], rtol=tol, atol=tol * np.abs(wide[-1]).max())
+    calls.clear()
+    narrow = MLP(init_params([20, 256, 10], "he", "normal", "tanh", rng, dtype), "tanh", "softmax_cross_entropy")
+    narrow.forward(X)
+    assert calls == []                                            # a column-major W0 (measured slower)
+
+
 def _model(dtype, seed=0, layers=(6, 9, 7, 3), activation="relu"):
     rng = np.random.default_rng(seed)
     return MLP(init_params(list(layers), "he", "normal", activation, rng, dtype), activation,
