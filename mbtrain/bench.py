@@ -28,7 +28,7 @@ import numpy as np
 from mbtrain import blas, data, flat, gemm, guard, loadertime, optim, step
 from mbtrain.config import Config
 from mbtrain.errors import DataError
-from mbtrain.model import MLP, weight_gradient, weight_order
+from mbtrain.model import MLP, bias_in_product, weight_gradient, weight_order
 
 
 def per_sample_gradients(model: MLP, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[np.ndarray]]:
@@ -84,7 +84,9 @@ class _Gemms:
 
     fused: the step folds plain SGD into the weight-gradient products (mbtrain.step), so those
     are timed as the step runs them, W = W - lr dZ^T A_prev through mbtrain.gemm, into the
-    same W the forward product reads.
+    same W the forward product reads. Likewise a layer whose forward product takes its bias
+    (mbtrain.model.bias_in_product) is timed as that call, Z = Z + A_prev @ W.T (without the
+    fill of Z with b, which is not a product).
     """
 
     def __init__(self, layers: list[int], K: int, dtype, rng: np.random.Generator, fused: bool = False):
@@ -98,11 +100,15 @@ class _Gemms:
         self.Z = [fill(K, m) for m in layers[1:]]
         self.A = [fill(K, m) for m in layers[1:-1]]           # hidden activations, the next layer's input
         self.dZ = [fill(K, m) for m in layers[1:]]
+        self.bias_in_product = [bias_in_product(l, m, dtype) for l, m in enumerate(layers[1:])]
 
     def run(self) -> None:
         inputs = [self.X] + self.A
         for l, W in enumerate(self.W):
-            np.matmul(inputs[l], W.T, out=self.Z[l])                # forward   Z = A_prev @ W.T   (K, m)
+            if self.bias_in_product[l]:
+                gemm.add_product(self.Z[l], inputs[l], W)           # forward   Z += A_prev @ W.T  (K, m)
+            else:
+                np.matmul(inputs[l], W.T, out=self.Z[l])            # forward   Z = A_prev @ W.T   (K, m)
         for l in range(len(self.W) - 1, 0, -1):
             np.matmul(self.dZ[l], self.W[l], out=self.dZ[l - 1])    # errors    dZ @ W             (K, n)
         for l, W in enumerate(self.W):

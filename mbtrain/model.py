@@ -43,6 +43,11 @@ COLUMN_MAJOR_WIDTHS = range(64, 513)
 BIAS_IN_PRODUCT_WIDTH = 256
 
 
+def bias_in_product(l: int, m: int, dtype) -> bool:
+    """True when forward() makes layer l's Z (m neurons) as Z = b, then Z += A_prev @ W.T (gemm)."""
+    return m >= BIAS_IN_PRODUCT_WIDTH and weight_order(l, m) == "C" and gemm.available(dtype)
+
+
 def weight_order(l: int, m: int) -> str:
     """Memory order of layer l's W (m, n): "F" (column-major) or "C" (row-major)."""
     return "F" if l == 0 and m in COLUMN_MAJOR_WIDTHS else "C"
@@ -135,8 +140,7 @@ class MLP:
             self.dact = [np.empty((K, m), bool) for m in self.layers[1:-1]]
         else:                                                # sigma'(Z) of hidden layers
             self.dact = [make(m) for m in self.layers[1:-1]]
-        self._bias_in_product = [m >= BIAS_IN_PRODUCT_WIDTH and weight_order(l, m) == "C" and gemm.available(self.dtype)
-                                 for l, m in enumerate(self.layers[1:])]
+        self._bias_in_product = [bias_in_product(l, m, self.dtype) for l, m in enumerate(self.layers[1:])]
         self._K = K
 
     def forward(self, X: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from mbtrain import bench, blas, data, optim
+from mbtrain import bench, blas, data, gemm, optim
 from mbtrain.config import load_config
+from mbtrain.model import MLP, init_params
 from mbtrain.train import build_model
 
 
@@ -211,3 +212,24 @@ def test_performance_configs_are_valid(name):
     if name.startswith("bench"):                   # the comparison's plain SGD, on all 60,000 images
         assert (cfg.train.momentum, cfg.train.weight_decay, cfg.train.schedule) == (0.0, 0.0, "constant")
         assert cfg.data.validation == 0 and cfg.train.epochs == 1
+
+
+@pytest.mark.skipif(not gemm.available(np.float32), reason="numpy's BLAS gemm not found")
+def test_gemm_bound_times_the_products_as_the_step_calls_them(monkeypatch):
+    """The bound's forward products take the bias-in-product call on the layers where the model
+    does (mbtrain.model.bias_in_product), numpy's matmul elsewhere; fused, every weight update
+    is the gemm update the step makes."""
+    layers = [20, 600, 12, 300]                     # W0 (600, 20) and W2 row-major and wide; W1 narrow
+    model = MLP(init_params(layers, "he", "zeros", "relu", np.random.default_rng(0), np.float32), "relu",
+                "softmax_cross_entropy")
+    added, updated = [], []
+    add_product, update = gemm.add_product, gemm.update
+    monkeypatch.setattr(gemm, "add_product", lambda Z, A, W: added.append(W.shape) or add_product(Z, A, W))
+    monkeypatch.setattr(gemm, "update", lambda C, A, B, **kw: updated.append(C.shape) or update(C, A, B, **kw))
+    model.forward(np.ones((5, 20), np.float32))
+    by_model = list(added)
+    assert by_model == [(600, 20), (300, 12)]
+    added.clear()
+    bench._Gemms(layers, 5, np.float32, np.random.default_rng(1), fused=True).run()
+    assert added == by_model
+    assert updated == [(600, 20), (12, 600), (300, 12)]
