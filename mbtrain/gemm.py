@@ -107,7 +107,7 @@ def _agrees_with_numpy(fn, dtype: np.dtype) -> bool:
     C = rng.standard_normal((3, 4)).astype(dtype)
     expected = 0.5 * C + -2.0 * (A.T @ B)
     try:
-        _call(fn, C, A, B, -2.0, 0.5)
+        _product("update", fn, C, A, True, B, False, -2.0, 0.5)
     except Exception:                               # noqa: BLE001 - any failure means: use numpy
         return False
     return bool(np.allclose(C, expected, rtol=1e-5, atol=1e-5))
@@ -160,10 +160,10 @@ def _check_axpy(y: np.ndarray, x: np.ndarray) -> None:
 def update(C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: float = 1.0) -> None:
     """C = beta C + alpha A^T B in place: C (m, n), A (K, m), B (K, n), one dtype.
 
-    A and B C-contiguous; C row- or column-major (then its transpose is updated as
+    Each row- or column-major (a column-major C has its transpose updated as
     C^T = beta C^T + alpha B^T A, the same numbers).
     """
-    _call(_routine(C.dtype), C, A, B, alpha, beta)
+    _product("update", _routine(C.dtype), C, A, True, B, False, alpha, beta)
 
 
 def add_product(Z: np.ndarray, A: np.ndarray, W: np.ndarray) -> None:
@@ -171,42 +171,43 @@ def add_product(Z: np.ndarray, A: np.ndarray, W: np.ndarray) -> None:
 
     A forward product with the bias already in Z (Z filled with b): OpenBLAS zeroes C before a
     beta = 0 product, so the fill costs no more than that zeroing and the pass of `Z += b` is saved.
-    Z and A C-contiguous; W row- or column-major.
+    Each row- or column-major.
     """
-    K, n = A.shape
-    m = W.shape[0]
-    if W.shape[1] != n or Z.shape != (K, m) or not (A.dtype == W.dtype == Z.dtype):
-        raise ValueError(f"gemm.add_product: shapes Z {Z.shape}, A {A.shape}, W {W.shape} or dtypes do not fit")
-    if not (A.flags.c_contiguous and Z.flags.c_contiguous and Z.flags.writeable
-            and (W.flags.c_contiguous or W.flags.f_contiguous)):
-        raise ValueError("gemm.add_product needs C-contiguous A and writeable Z and a contiguous W")
-    if K == 0 or m == 0:
-        return
-    if W.flags.c_contiguous:                         # Z += A W^T
-        _routine(Z.dtype)(_ROW_MAJOR, _NO_TRANS, _TRANS, K, m, n, 1.0, _address(A), max(n, 1), _address(W),
-                          max(n, 1), 1.0, _address(Z), max(m, 1))
-    else:                                            # column-major W: W^T is row-major (n, m)
-        _routine(Z.dtype)(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, K, m, n, 1.0, _address(A), max(n, 1), _address(W),
-                          max(m, 1), 1.0, _address(Z), max(m, 1))
+    _product("add_product", _routine(Z.dtype), Z, A, False, W, True, 1.0, 1.0)
 
 
-def _call(fn, C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: float) -> None:
-    K, m = A.shape
-    n = B.shape[1]
-    if B.shape[0] != K or C.shape != (m, n) or not (A.dtype == B.dtype == C.dtype):
-        raise ValueError(f"gemm.update: shapes C {C.shape}, A {A.shape}, B {B.shape} or dtypes do not fit")
-    if not (A.flags.c_contiguous and B.flags.c_contiguous and C.flags.writeable
-            and (C.flags.c_contiguous or C.flags.f_contiguous)):
-        raise ValueError("gemm.update needs C-contiguous A and B and a writeable, contiguous C")
+def _product(name: str, fn, C: np.ndarray, A: np.ndarray, trans_a: bool, B: np.ndarray, trans_b: bool,
+             alpha: float, beta: float) -> None:
+    """C = beta C + alpha op(A) op(B) in place through one row-major gemm call, op(X) = X.T when
+    trans_x. Each array row- or column-major: a column-major A or B is read as its row-major
+    transpose with the flag flipped, a column-major C is made as C^T = op(B)^T op(A)^T.
+
+    `name` is the caller's, for the errors. (A step calls this a few times: flags are read once.)
+    """
+    a_rows, a_cols = A.shape
+    b_rows, b_cols = B.shape
+    M, K = (a_cols, a_rows) if trans_a else (a_rows, a_cols)
+    N, K_b = (b_rows, b_cols) if trans_b else (b_cols, b_rows)
+    if K_b != K or C.shape != (M, N) or not (A.dtype == B.dtype == C.dtype):
+        raise ValueError(f"gemm.{name}: shapes C {C.shape}, A {A.shape}, B {B.shape} or dtypes do not fit")
+    fa, fb, fc = A.flags, B.flags, C.flags
+    if not ((fa.c_contiguous or fa.f_contiguous) and (fb.c_contiguous or fb.f_contiguous)
+            and (fc.c_contiguous or fc.f_contiguous) and fc.writeable):
+        raise ValueError(f"gemm.{name} needs contiguous A and B and a writeable, contiguous C")
     if K == 0:                                       # BLAS would skip the scaling too; numpy's meaning
         C *= beta
         return
-    if C.flags.c_contiguous:
-        fn(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, K, float(alpha), _address(A), max(m, 1), _address(B), max(n, 1),
-           float(beta), _address(C), max(n, 1))
-    else:                                            # column-major C: its row-major transpose C^T (n, m)
-        fn(_ROW_MAJOR, _TRANS, _NO_TRANS, n, m, K, float(alpha), _address(B), max(n, 1), _address(A), max(m, 1),
-           float(beta), _address(C), max(m, 1))
+    if M == 0 or N == 0:
+        return
+    # a column-major operand is its row-major transpose: the other flag, the other leading dimension
+    ta, lda = (trans_a, a_cols) if fa.c_contiguous else (not trans_a, a_rows)
+    tb, ldb = (trans_b, b_cols) if fb.c_contiguous else (not trans_b, b_rows)
+    if fc.c_contiguous:
+        fn(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, M, N, K, float(alpha),
+           _address(A), max(lda, 1), _address(B), max(ldb, 1), float(beta), _address(C), max(N, 1))
+    else:                                            # column-major C: its row-major transpose C^T (N, M)
+        fn(_ROW_MAJOR, _NO_TRANS if tb else _TRANS, _NO_TRANS if ta else _TRANS, N, M, K, float(alpha),
+           _address(B), max(ldb, 1), _address(A), max(lda, 1), float(beta), _address(C), max(M, 1))
 
 
 _addresses: dict[int, tuple[weakref.ref, int]] = {}

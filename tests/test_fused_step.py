@@ -34,12 +34,33 @@ def test_update_equals_numpy(dtype, K, m, n, order):
 
 
 @needs_gemm
+@pytest.mark.parametrize("orders", ["FF", "FC", "CF"])               # A's and B's memory order
+@pytest.mark.parametrize("c_order", ["C", "F"])
+def test_update_and_add_product_take_column_major_operands(orders, c_order):
+    """A column-major operand is read as its row-major transpose with the flag flipped."""
+    rng = np.random.default_rng(7)
+    K, m, n = 6, 4, 5
+    A = np.asarray(rng.standard_normal((K, m)).astype(np.float32), order=orders[0])
+    B = np.asarray(rng.standard_normal((K, n)).astype(np.float32), order=orders[1])
+    C = np.asarray(rng.standard_normal((m, n)).astype(np.float32), order=c_order)
+    want = 0.5 * C.astype(np.float64) - 2.0 * (A.T.astype(np.float64) @ B.astype(np.float64))
+    gemm.update(C, A, B, alpha=-2.0, beta=0.5)
+    np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    W = np.asarray(rng.standard_normal((m, n)).astype(np.float32), order=orders[1])
+    X = np.asarray(rng.standard_normal((K, n)).astype(np.float32), order=orders[0])
+    Z = np.asarray(rng.standard_normal((K, m)).astype(np.float32), order=c_order)
+    want = Z.astype(np.float64) + X.astype(np.float64) @ W.T.astype(np.float64)
+    gemm.add_product(Z, X, W)
+    np.testing.assert_allclose(Z, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_gemm
 def test_update_refuses_arrays_it_cannot_pass_to_blas():
     C, A, B = np.zeros((3, 4), np.float32), np.ones((5, 3), np.float32), np.ones((5, 4), np.float32)
     with pytest.raises(ValueError, match="contiguous"):
         gemm.update(np.zeros((3, 8), np.float32)[:, ::2], A, B, -1.0)     # strided C
     with pytest.raises(ValueError, match="contiguous"):
-        gemm.update(C, np.ones((3, 5), np.float32).T, B, -1.0)            # column-major A
+        gemm.update(C, np.ones((5, 6), np.float32)[:, ::2], B, -1.0)      # strided A
     with pytest.raises(ValueError, match="shapes"):
         gemm.update(C, A, np.ones((5, 5), np.float32), -1.0)
     with pytest.raises(ValueError, match="shapes"):
@@ -67,7 +88,7 @@ def test_add_product_refuses_arrays_it_cannot_pass_to_blas():
     with pytest.raises(ValueError, match="contiguous"):
         gemm.add_product(np.zeros((5, 6), np.float32)[:, ::2], A, W)    # strided Z
     with pytest.raises(ValueError, match="contiguous"):
-        gemm.add_product(Z, np.ones((4, 5), np.float32).T, W)          # column-major A
+        gemm.add_product(Z, np.ones((5, 8), np.float32)[:, ::2], W)    # strided A
     with pytest.raises(ValueError, match="shapes"):
         gemm.add_product(Z, A, np.ones((3, 5), np.float32))
     with pytest.raises(ValueError, match="shapes"):
