@@ -63,3 +63,25 @@ def test_multilabel_sigmoid_cross_entropy_is_stable_for_huge_logits():
     loss, dZ = losses.sigmoid_cross_entropy(Z.copy(), Y)
     assert loss == pytest.approx(np.log(2))
     np.testing.assert_allclose(dZ, [[0.0, 0.0, -0.5]])
+
+
+def test_count_correct_against_a_per_sample_count():
+    """tasks.count_correct for each task against a count written sample by sample."""
+    from mbtrain import tasks
+    rng = np.random.default_rng(4)
+    Z = rng.standard_normal((37, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, 37)
+    Z[::3, :] = Z[::3, [0]]                                        # ties: the first maximum wins, as np.argmax
+    onehot = np.eye(5, dtype=np.float32)[labels]
+    want = sum(int(list(z).index(max(z)) == y) for z, y in zip(Z, labels))
+    assert tasks.count_correct(Z, onehot, "classification") == want
+    soft = rng.uniform(0, 1, (37, 5)).astype(np.float32)          # soft targets: argmax against argmax
+    want = sum(int(list(z).index(max(z)) == list(t).index(max(t))) for z, t in zip(Z, soft))
+    assert tasks.count_correct(Z, soft, "classification") == want
+    binary, y1 = Z[:, :1], (rng.uniform(0, 1, (37, 1)) > 0.5).astype(np.float32)
+    assert tasks.count_correct(binary, y1, "classification") == sum(int((z[0] > 0) == (y[0] >= 0.5)) for z, y in zip(binary, y1))
+    multi = (rng.uniform(0, 1, (37, 5)) > 0.5).astype(np.float32)
+    multi[:20] = (Z[:20] > 0)                                      # some rows exactly right
+    want = sum(int(all((z > 0) == (y >= 0.5))) for z, y in zip(Z, multi))
+    assert want >= 20 and tasks.count_correct(Z, multi, "multilabel") == want
+    assert tasks.count_correct(Z, onehot, "regression") == 0
