@@ -116,6 +116,10 @@ class MLP:
         # the guard (mbtrain.guard.vouch_from_squares; taken afterwards, the four at bench-b's
         # 256 x 1024 took ~210 us, right after each was written ~100 us)
         self.squares = False
+        L = len(self.layers) - 1
+        self.input_squares = [0.0] * L                       # ||A_prev||^2 per layer (squares; [0] the caller's)
+        self.error_squares = [0.0] * L                       # ||dZ||^2 per layer (squares)
+        self._bias_in_product = [bias_in_product(l, m, self.dtype) for l, m in enumerate(self.layers[1:])]
 
     @property
     def weights(self):
@@ -134,13 +138,8 @@ class MLP:
         self.A = [make(m) for m in self.layers[1:-1]]        # hidden activations
         self.A_dropped = [make(m) for m in self.layers[1:-1]]  # A * dropout mask, when masks are given
         self.dZ = [make(m) for m in self.layers[1:]]         # errors dC/dZ per layer
-        self.input_squares = [0.0] * (len(self.layers) - 1)  # ||A_prev||^2 per layer (squares; [0] the caller's)
-        self.error_squares = [0.0] * (len(self.layers) - 1)  # ||dZ||^2 per layer (squares)
-        if self.act.step_derivative:                         # sigma'(Z) of hidden layers: a 0/1 mask
-            self.dact = [np.empty((K, m), bool) for m in self.layers[1:-1]]
-        else:                                                # sigma'(Z) of hidden layers
-            self.dact = [make(m) for m in self.layers[1:-1]]
-        self._bias_in_product = [bias_in_product(l, m, self.dtype) for l, m in enumerate(self.layers[1:])]
+        dact_dtype = bool if self.act.step_derivative else self.dtype   # a 0/1 sigma' is a mask
+        self.dact = [flat.aligned((K, m), dact_dtype) for m in self.layers[1:-1]]   # sigma'(Z) of hidden layers
         self._K = K
 
     def forward(self, X: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:
