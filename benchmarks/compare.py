@@ -48,16 +48,19 @@ def load_mnist(cfg):
     return out
 
 
-def run_mbtrain(config: str, threads: int) -> dict:
-    """`mbtrain fit` itself, in a subprocess: its summary's train_seconds and test accuracy."""
+def run_mbtrain(config: str, threads: int, library: str) -> dict:
+    """`mbtrain fit` itself, in a subprocess: its summary's train_seconds and test accuracy, and the
+    library its products ran through (run.json)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "mbtrain", "fit", config, "--out", os.path.join(tmp, "run"),
-               "--quiet", "--json", "--set", f"train.threads={threads}"]
+               "--quiet", "--json", "--set", f"train.threads={threads}", "--set", f"train.blas={library}"]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"mbtrain fit failed: {out.stderr.strip()}")
+        if out.returncode != 0:
+            raise RuntimeError(f"mbtrain fit failed: {out.stderr.strip()}")
+        with open(os.path.join(tmp, "run", "run.json"), encoding="utf-8") as f:
+            products = json.load(f)["blas"]["products"]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"seconds": summary["train_seconds"], "test_acc": summary["test"]["acc"]}
+    return {"seconds": summary["train_seconds"], "test_acc": summary["test"]["acc"], "blas": products}
 
 
 def run_torch(cfg, params, mnist, threads: int) -> dict:
@@ -117,14 +120,14 @@ def available() -> list[str]:
     return names
 
 
-def compare(setting: str, rounds: int, threads: int | None) -> dict:
+def compare(setting: str, rounds: int, threads: int | None, library: str = "auto") -> dict:
     config = os.path.join(ROOT, SETTINGS[setting])
     cfg = load_config(config)
     threads = cfg.train.threads if threads is None else threads
     params = build_model(cfg).params                 # the initial weights all frameworks start from
     mnist = load_mnist(cfg)
     frameworks = available()
-    runners = {"mbtrain": lambda: run_mbtrain(config, threads),
+    runners = {"mbtrain": lambda: run_mbtrain(config, threads, library),
                "pytorch": lambda: run_torch(cfg, [p.copy() for p in params], mnist, threads),
                "sklearn": lambda: run_sklearn(cfg, [p.copy() for p in params], mnist, threads)}
     results = {name: [] for name in frameworks}
@@ -141,13 +144,13 @@ def compare(setting: str, rounds: int, threads: int | None) -> dict:
         rows["mbtrain"][f"over_{name}"] = statistics.median(
             b["seconds"] / a["seconds"] for a, b in zip(results["mbtrain"], results[name]))
     return {"setting": setting, "network": cfg.model.layers, "batch_size": cfg.train.batch_size,
-            "rounds": rounds, "threads": threads, "frameworks": rows}
+            "rounds": rounds, "threads": threads, "mbtrain_blas": results["mbtrain"][0]["blas"], "frameworks": rows}
 
 
 def table(result: dict) -> str:
     lines = [f"setting {result['setting']}: {'-'.join(map(str, result['network']))} ReLU, batch "
              f"{result['batch_size']}, float32, plain SGD; one epoch, median of {result['rounds']} rounds, "
-             f"threads {result['threads'] or 'all cores'}",
+             f"threads {result['threads'] or 'all cores'}; mbtrain's products through {result['mbtrain_blas']}",
              f"{'framework':10s} {'samples/s':>10s} {'test_acc':>9s}  mbtrain is"]
     for name, row in result["frameworks"].items():
         ratio = "" if name == "mbtrain" else f"{result['frameworks']['mbtrain'][f'over_{name}']:.2f}x"
@@ -161,9 +164,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9, help="epochs per framework; medians are reported")
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS/torch threads for every setting (0 = all cores; default: the config's train.threads)")
+    parser.add_argument("--blas", default="auto", choices=("auto", "numpy", "mkl"),
+                        help="mbtrain's train.blas (default auto: mkl where the mkl package is installed)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    results = [compare(s.strip().upper(), args.rounds, args.threads) for s in args.settings.split(",")]
+    results = [compare(s.strip().upper(), args.rounds, args.threads, args.blas) for s in args.settings.split(",")]
     print(json.dumps(results) if args.json else "\n\n".join(table(r) for r in results))
 
 

@@ -108,9 +108,9 @@ class _Gemms:
             if self.bias_in_product[l]:
                 gemm.add_product(self.Z[l], inputs[l], W)           # forward   Z += A_prev @ W.T  (K, m)
             else:
-                np.matmul(inputs[l], W.T, out=self.Z[l])            # forward   Z = A_prev @ W.T   (K, m)
+                gemm.matmul(inputs[l], W.T, out=self.Z[l])          # forward   Z = A_prev @ W.T   (K, m)
         for l in range(len(self.W) - 1, 0, -1):
-            np.matmul(self.dZ[l], self.W[l], out=self.dZ[l - 1])    # errors    dZ @ W             (K, n)
+            gemm.matmul(self.dZ[l], self.W[l], out=self.dZ[l - 1])  # errors    dZ @ W             (K, n)
         for l, W in enumerate(self.W):
             if self.fused:                                          # W -= lr dZ.T @ A_prev
                 gemm.update(W, self.dZ[l], inputs[l], alpha=-1e-4, beta=1.0)
@@ -160,7 +160,7 @@ def _timed(fn, steps: int) -> float:
 
 def run(cfg: Config, steps: int | None = None, repeats: int = 9) -> dict:
     """Measure the three implementations for cfg's network; returns the result as a dict."""
-    with blas.limit(cfg.train.threads):
+    with blas.limit(cfg.train.threads, cfg.train.blas):
         return _run(cfg, steps, repeats)
 
 

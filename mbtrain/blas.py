@@ -1,9 +1,11 @@
-"""The BLAS under numpy: which library runs the matrix products, and how many threads it may use.
+"""The BLAS of a run: which library runs the matrix products, and how many threads it may use.
 
-`train.threads` limits BLAS threads for one run (through threadpoolctl), so that parallel
-sweeps on one machine do not oversubscribe its cores; 0 leaves the library's default.
+`train.blas` picks the library of the training step's products (mbtrain.gemm: numpy's own BLAS,
+or oneMKL from the optional mkl package). `train.threads` limits BLAS threads for one run
+(through threadpoolctl, for every BLAS loaded), so that parallel sweeps on one machine do not
+oversubscribe its cores; 0 leaves the library's default.
 
-    mbtrain fit configs/mnist.yaml --set train.threads=1
+    mbtrain fit configs/mnist.yaml --set train.threads=1 --set train.blas=numpy
 """
 
 from __future__ import annotations
@@ -11,29 +13,58 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from mbtrain import gemm
+from mbtrain.errors import ConfigError
 
-def limit(threads: int):
-    """A context in which BLAS uses at most `threads` threads (0: leave the default)."""
-    if not threads:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=threads, user_api="blas")
+
+@contextlib.contextmanager
+def limit(threads: int, library: str = "numpy"):
+    """A context in which the step's products run through `library` (mbtrain.gemm.select: auto,
+    numpy, mkl) and BLAS uses at most `threads` threads (0: leave the default).
+
+    Raises ConfigError (train.blas) for mkl where the mkl package is missing.
+    """
+    try:
+        selecting = gemm.using(library)              # loads MKL before threadpoolctl looks
+        selecting.__enter__()
+    except ValueError as e:
+        raise ConfigError(f"train.blas = {library}: {e}; allowed: auto, numpy, mkl") from None
+    try:
+        with contextlib.ExitStack() as stack:
+            if gemm.selected() == "mkl" or threads:
+                from threadpoolctl import ThreadpoolController
+                controller = ThreadpoolController()
+                if gemm.selected() == "mkl":
+                    # numpy's BLAS keeps only the small calls (dot products, sums); on one thread they
+                    # wake no pool to compete with MKL's threads, which spin a while after each product
+                    stack.enter_context(controller.select(internal_api="openblas").limit(limits=1))
+                    if threads:
+                        stack.enter_context(controller.select(internal_api="mkl").limit(limits=threads))
+                else:
+                    stack.enter_context(controller.limit(limits=threads, user_api="blas"))
+            yield
+    finally:
+        selecting.__exit__(None, None, None)
 
 
 def with_config_threads(fn):
-    """Decorate fn(cfg, ...) to run under limit(cfg.train.threads)."""
+    """Decorate fn(cfg, ...) to run under limit(cfg.train.threads, cfg.train.blas)."""
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
-        with limit(cfg.train.threads):
+        with limit(cfg.train.threads, cfg.train.blas):
             return fn(cfg, *args, **kwargs)
     return wrapper
 
 
 def info() -> dict:
-    """numpy's BLAS: library, version, CPU architecture and current thread count."""
+    """The BLAS of the step's products (numpy's, or MKL when mbtrain.gemm selected it): library,
+    version, CPU architecture and current thread count."""
     from threadpoolctl import threadpool_info
     found = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    mine = [i for i in found if "numpy" in i.get("filepath", "")] or found
+    if gemm.selected() == "mkl":
+        mine = [i for i in found if i.get("internal_api") == "mkl"]
+    else:
+        mine = [i for i in found if "numpy" in i.get("filepath", "")] or found
     if not mine:
         return {"library": "unknown", "version": None, "threads": None, "architecture": None}
     i = mine[0]

@@ -93,7 +93,8 @@ def fit(
         ckpt = None
         splits = load_splits(cfg)
         run_dir = runs.create(out, config, name=name, overwrite=overwrite)
-    run = runs.Tracker(run_dir, sys.argv, config, set_ or [], resume, cfg.train.threads)
+    run = runs.Tracker(run_dir, sys.argv, config, set_ or [], resume, cfg.train.threads,
+                       cfg.train.blas)
     try:
         with run:
             runs.write_text(run_dir, "config.yaml", cfg.to_yaml())

@@ -12,7 +12,7 @@ import platform
 import sys
 from importlib import metadata
 
-PACKAGES = ("mbtrain", "numpy", "typer", "pyyaml", "tqdm", "threadpoolctl", "matplotlib")
+PACKAGES = ("mbtrain", "numpy", "typer", "pyyaml", "tqdm", "threadpoolctl", "matplotlib", "mkl")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
@@ -28,16 +28,22 @@ def versions() -> dict:
     return found
 
 
-def blas(threads_limit: int = 0) -> dict:
+def blas(threads_limit: int = 0, library: str = "numpy") -> dict:
     """The BLAS numpy was built against, the one loaded now (library, version, default thread
-    count, via mbtrain.blas), the limit train.threads puts on it for the run (0: none) and the
-    thread-count environment variables that steer it."""
+    count, via mbtrain.blas), the library train.blas (`library`) runs the step's products through
+    ("numpy" or "mkl", mbtrain.gemm), the limit train.threads puts on it for the run (0: none) and
+    the thread-count environment variables that steer it."""
+    from mbtrain import gemm
     from mbtrain import blas as blas_mod
     try:
         loaded = blas_mod.info()
     except ImportError:                 # threadpoolctl missing: build information only
         loaded = None
-    return {"build": _numpy_build_blas(), "loaded": loaded, "threads_limit": threads_limit,
+    try:
+        products = gemm.resolve(library)
+    except ValueError:                  # train.blas = mkl without it: the run stops with a ConfigError
+        products = None
+    return {"build": _numpy_build_blas(), "loaded": loaded, "products": products, "threads_limit": threads_limit,
             "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}}
 
 
@@ -52,7 +58,7 @@ def _numpy_build_blas() -> dict:
     return {k: dep[k] for k in keep if k in dep}
 
 
-def describe(threads_limit: int = 0) -> dict:
+def describe(threads_limit: int = 0, library: str = "numpy") -> dict:
     """Everything above in one mapping, plus the platform."""
-    return {"versions": versions(), "blas": blas(threads_limit), "platform": platform.platform(),
+    return {"versions": versions(), "blas": blas(threads_limit, library), "platform": platform.platform(),
             "executable": sys.executable}

@@ -20,10 +20,17 @@ of more than 10,000 entries, and waking the second thread every step cost more t
 
     from mbtrain import gemm
     if gemm.available(np.float32): gemm.update(W, dZ, A_prev, alpha=-lr)
+
+Which library runs a step's products (`train.blas`, `select`): "numpy", the BLAS numpy was built
+with (OpenBLAS in its wheels), or "mkl", Intel's oneMKL from the optional `mkl` package
+(`pip install 'mbtrain[mkl]'`), called through its CBLAS interface like numpy's. "auto" takes MKL
+when that package is installed and loads. A step's products are then matmul/update/add_product,
+all through the selected library; other numpy calls (and axpy) keep numpy's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import weakref
@@ -40,8 +47,81 @@ _TYPES = {np.dtype(np.float32): ("s", ctypes.c_float), np.dtype(np.float64): ("d
 _AXPY_SYMBOLS = [(t.replace("gemm", "axpy"), i) for t, i in _SYMBOLS]
 
 
-def _library_paths() -> list[str]:
-    """Files of the BLAS libraries numpy has loaded (numpy's own first)."""
+LIBRARIES = ("numpy", "mkl")
+_selected = "numpy"                                 # the library of the products (select())
+
+
+def select(library: str) -> str:
+    """Run the products (matmul, update, add_product) through `library`: "numpy", "mkl" or "auto"
+    (mkl where it loads, else numpy). Returns the library selected.
+
+    Raises ValueError for an unknown name, and for "mkl" where the mkl package is not installed or
+    does not load.
+    """
+    global _selected
+    _selected = resolve(library)
+    return _selected
+
+
+def resolve(library: str) -> str:
+    """What select(library) would select ("numpy" or "mkl"), selecting nothing; raises as select."""
+    if library not in (*LIBRARIES, "auto"):
+        raise ValueError(f"unknown BLAS library {library!r}: allowed auto, numpy, mkl")
+    if library == "numpy":
+        return "numpy"
+    if _mkl_library() is None:
+        if library == "mkl":
+            raise ValueError("the mkl package is not installed (pip install 'mbtrain[mkl]') or its "
+                             "libmkl_rt does not load")
+        return "numpy"
+    return "mkl"
+
+
+def selected() -> str:
+    """The library running the products now: "numpy" or "mkl"."""
+    return _selected
+
+
+@contextlib.contextmanager
+def using(library: str):
+    """select(library) for the duration of a with block, then the previous library again."""
+    before = _selected
+    select(library)
+    try:
+        yield _selected
+    finally:
+        select(before)
+
+
+@functools.lru_cache(maxsize=None)
+def _mkl_library():
+    """The ctypes handle of the mkl package's libmkl_rt, set to the 32-bit integer (LP64) interface
+    whatever MKL_INTERFACE_LAYER says, or None when the package is not installed or does not load."""
+    try:
+        from importlib.metadata import PackageNotFoundError, files
+        found = [f for f in (files("mkl") or []) if f.name.startswith(("libmkl_rt.so", "libmkl_rt.", "mkl_rt"))]
+    except PackageNotFoundError:
+        return None
+    for f in sorted(found, key=lambda f: len(f.name)):
+        try:
+            lib = ctypes.CDLL(str(f.locate()))
+            lib.MKL_Set_Interface_Layer.argtypes = [ctypes.c_int]
+            lib.MKL_Set_Interface_Layer(0)          # MKL_INTERFACE_LP64: C int arguments
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _mkl_paths() -> list[str]:
+    lib = _mkl_library()
+    return [lib._name] if lib is not None else []
+
+
+def _library_paths(library: str = "numpy") -> list[str]:
+    """Files of the BLAS libraries numpy has loaded (numpy's own first), or MKL's for "mkl"."""
+    if library == "mkl":
+        return _mkl_paths()
     try:
         from threadpoolctl import threadpool_info
     except ImportError:                              # pragma: no cover - a dependency
@@ -51,13 +131,13 @@ def _library_paths() -> list[str]:
     return [i["filepath"] for i in found]
 
 
-def _find(dtype: np.dtype, symbols, argtypes, agrees):
-    """The first ctypes routine among `symbols` (templates of the letter s/d) whose argtypes(integer,
-    scalar) calls agree with numpy (agrees(fn, dtype)), or None."""
+def _find(dtype: np.dtype, symbols, argtypes, agrees, library: str = "numpy"):
+    """The first ctypes routine of `library` among `symbols` (templates of the letter s/d) whose
+    argtypes(integer, scalar) calls agree with numpy (agrees(fn, dtype)), or None."""
     if dtype not in _TYPES:
         return None
     letter, scalar = _TYPES[dtype]
-    for path in _library_paths():
+    for path in _library_paths(library):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
@@ -73,13 +153,18 @@ def _find(dtype: np.dtype, symbols, argtypes, agrees):
     return None
 
 
-@functools.lru_cache(maxsize=None)
 def _routine(dtype: np.dtype):
-    """The ctypes gemm for dtype, checked against numpy, or None."""
+    """The ctypes gemm of the selected library for dtype, checked against numpy, or None."""
+    return _library_routine(dtype, _selected)
+
+
+@functools.lru_cache(maxsize=None)
+def _library_routine(dtype: np.dtype, library: str):
+    """The ctypes gemm of `library` for dtype, checked against numpy, or None."""
     P = ctypes.c_void_p
     return _find(dtype, _SYMBOLS, lambda integer, scalar: [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer,
                                                           integer, integer, scalar, P, integer, P, integer,
-                                                          scalar, P, integer], _agrees_with_numpy)
+                                                          scalar, P, integer], _agrees_with_numpy, library)
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,6 +240,19 @@ def _check_axpy(y: np.ndarray, x: np.ndarray) -> None:
     same_order = (x.flags.c_contiguous and y.flags.c_contiguous) or (x.flags.f_contiguous and y.flags.f_contiguous)
     if not (same_order and y.flags.writeable):
         raise ValueError("gemm.axpy needs a writeable y and an x, contiguous in the same order")
+
+
+def matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = A @ B for 2-d arrays, through the selected library: numpy's matmul, or MKL's gemm.
+
+    A and B may be transposed views (A.T of a row-major array reads it with the transpose flag);
+    out row- or column-major. Returns out.
+    """
+    if _selected == "numpy":
+        return np.matmul(A, B, out=out)
+    fn = _routine(out.dtype)
+    _product("matmul", fn, out, A, False, B, False, 1.0, 0.0)
+    return out
 
 
 def update(C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: float = 1.0) -> None:

@@ -56,8 +56,8 @@ def weight_order(l: int, m: int) -> str:
 def weight_gradient(dZ: np.ndarray, A_prev: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = dZ.T @ A_prev (m, n) for dZ (K, m), A_prev (K, n); out row- or column-major."""
     if out.flags.c_contiguous:
-        return np.matmul(dZ.T, A_prev, out=out)
-    np.matmul(A_prev.T, dZ, out=out.T)              # column-major out: its transpose, row-major (n, m)
+        return gemm.matmul(dZ.T, A_prev, out=out)
+    gemm.matmul(A_prev.T, dZ, out=out.T)              # column-major out: its transpose, row-major (n, m)
     return out
 
 
@@ -158,7 +158,7 @@ class MLP:
                 np.copyto(Z, b)                                    # Z = b, then Z += A_prev @ W.T
                 gemm.add_product(Z, A_prev, W)
             else:
-                Z = np.matmul(A_prev, W.T, out=self.Z[l])             # (K, m)
+                Z = gemm.matmul(A_prev, W.T, out=self.Z[l])             # (K, m)
                 Z += b
             if l < L - 1:
                 A_prev = self.act.forward(Z, out=self.A[l])        # (K, m)
@@ -215,7 +215,7 @@ class MLP:
             W = self.params[2 * l]
             rowops.column_sums(dZ, out=self.grads[2 * l + 1])      # db = dZ.sum(0)      (m,)
             if l > 0:
-                dZ_prev = np.matmul(dZ, W, out=self.dZ[l - 1])     # dZ @ W              (K, n)
+                dZ_prev = gemm.matmul(dZ, W, out=self.dZ[l - 1])     # dZ @ W              (K, n)
                 if self.masks is not None:
                     dZ_prev *= self.masks[l - 1]                   # d(A * mask)/dA = mask
                 dZ_prev *= self.act.derivative(self.Z[l - 1], self.A[l - 1], out=self.dact[l - 1])

@@ -188,14 +188,14 @@ class Tracker:
     """
 
     def __init__(self, run_dir: str, argv: list[str], config_path: str | None, overrides: list[str],
-                 resume: str | None = None, threads_limit: int = 0):
+                 resume: str | None = None, threads_limit: int = 0, blas_library: str = "numpy"):
         self.run_dir = run_dir
         self.status, self.exit_code, self.error = "running", None, None
         previous = _read_run_json(run_dir) if resume else {}
         self.info = {"command": argv, "cwd": os.getcwd(), "config_file": config_path,
                      "overrides": list(overrides), "resumed_from": resume,
                      "started_utc": _utc_now(), "host": socket.gethostname(), "pid": os.getpid(),
-                     **environment.describe(threads_limit)}
+                     **environment.describe(threads_limit, blas_library)}
         if previous:
             # a resumed run keeps the record of how it was started
             self.info["earlier"] = previous.pop("earlier", []) + [previous]
