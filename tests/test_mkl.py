@@ -94,7 +94,7 @@ def test_products_through_mkl_equal_a_float64_reference(dtype, out_order):
 
 @needs_mkl
 def test_a_step_under_mkl_runs_every_product_through_mkl(monkeypatch):
-    """Not numpy's matmul, and not numpy's gemm: each product's routine is MKL's."""
+    """Not numpy's matmul, and not numpy's gemm: each product's routine is MKL's (evaluation's too)."""
     f32 = np.dtype(np.float32)
     mkl_routine, numpy_routine = gemm._library_routine(f32, "mkl"), gemm._library_routine(f32, "numpy")
     assert mkl_routine is not None and mkl_routine is not numpy_routine
@@ -112,9 +112,12 @@ def test_a_step_under_mkl_runs_every_product_through_mkl(monkeypatch):
         train_step = step.TrainStep(model, optim.SGD(model.params, lr=0.1))
         assert train_step.fused
         train_step(*_batch(np.float32))
-    assert not matrix_products
+        predicted = model.predict(_batch(np.float32)[0])            # evaluation: 3 more products
+    with gemm.using("numpy"):
+        np.testing.assert_allclose(predicted, model.predict(_batch(np.float32)[0]), rtol=1e-5, atol=1e-6)
+    assert len(matrix_products) == 3                      # only the numpy run of predict
     # 3 layers: 3 forward products, 2 error products, 3 updates
-    assert sorted(name for name, _ in calls) == ["matmul"] * 5 + ["update"] * 3
+    assert sorted(name for name, _ in calls) == ["matmul"] * 8 + ["update"] * 3
     assert all(fn is mkl_routine for _, fn in calls)
 
 
