@@ -24,8 +24,9 @@ of more than 10,000 entries, and waking the second thread every step cost more t
 Which library runs a step's products (`train.blas`, `select`): "numpy", the BLAS numpy was built
 with (OpenBLAS in its wheels), or "mkl", Intel's oneMKL from the optional `mkl` package
 (`pip install 'mbtrain[mkl]'`), called through its CBLAS interface like numpy's. "auto" takes MKL
-when that package is installed and loads. A step's products are then matmul/update/add_product,
-all through the selected library; other numpy calls (and axpy) keep numpy's.
+when that package is installed and loads. A step's products are matmul/update/add_product;
+under mkl those of at least MKL_MIN_WORK multiply-adds run through MKL, smaller ones and other
+numpy calls (and axpy) through numpy's BLAS.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ _AXPY_SYMBOLS = [(t.replace("gemm", "axpy"), i) for t, i in _SYMBOLS]
 
 LIBRARIES = ("numpy", "mkl")
 _selected = "numpy"                                 # the library of the products (select())
+
+# Under mkl, products of fewer multiply-adds (M N K) than this stay with numpy's BLAS: MKL's call
+# costs ~6 us more on tiny ones. One thread, this machine: 10x784x30 (Nielsen's) 1.7x and
+# 10x784x100 1.2-1.4x slower through MKL, 16x784x100 and 64x784x30 0.6-0.8, 64x784x100 (A's)
+# 0.82-0.85, 256x1024x1024 (B's) 0.79-0.85 (README, Performance, "oneMKL").
+MKL_MIN_WORK = 1 << 20
 
 
 def select(library: str) -> str:
@@ -153,9 +160,18 @@ def _find(dtype: np.dtype, symbols, argtypes, agrees, library: str = "numpy"):
     return None
 
 
-def _routine(dtype: np.dtype):
-    """The ctypes gemm of the selected library for dtype, checked against numpy, or None."""
+def _routine(dtype: np.dtype, work: int | None = None):
+    """The ctypes gemm for dtype of the library that runs a product of `work` multiply-adds (the
+    selected one; numpy's for a small product under mkl), checked against numpy, or None.
+    work None: the selected library's."""
+    if _selected != "numpy" and work is not None and work < MKL_MIN_WORK:
+        return _library_routine(dtype, "numpy") or _library_routine(dtype, _selected)
     return _library_routine(dtype, _selected)
+
+
+def library_of(work: int) -> str:
+    """The library that runs a product of `work` multiply-adds (M N K) now: "numpy" or "mkl"."""
+    return "numpy" if _selected == "numpy" or work < MKL_MIN_WORK else _selected
 
 
 @functools.lru_cache(maxsize=None)
@@ -248,10 +264,9 @@ def matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray) -> np.ndarray:
     A and B may be transposed views (A.T of a row-major array reads it with the transpose flag);
     out row- or column-major. Returns out.
     """
-    if _selected == "numpy":
+    if _selected == "numpy" or out.size * A.shape[-1] < MKL_MIN_WORK:
         return np.matmul(A, B, out=out)
-    fn = _routine(out.dtype)
-    _product("matmul", fn, out, A, False, B, False, 1.0, 0.0)
+    _product("matmul", _routine(out.dtype), out, A, False, B, False, 1.0, 0.0)
     return out
 
 
@@ -261,7 +276,7 @@ def update(C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: floa
     Each row- or column-major (a column-major C has its transpose updated as
     C^T = beta C^T + alpha B^T A, the same numbers).
     """
-    _product("update", _routine(C.dtype), C, A, True, B, False, alpha, beta)
+    _product("update", _routine(C.dtype, C.size * A.shape[0]), C, A, True, B, False, alpha, beta)
 
 
 def add_product(Z: np.ndarray, A: np.ndarray, W: np.ndarray) -> None:
@@ -271,7 +286,7 @@ def add_product(Z: np.ndarray, A: np.ndarray, W: np.ndarray) -> None:
     beta = 0 product, so the fill costs no more than that zeroing and the pass of `Z += b` is saved.
     Each row- or column-major.
     """
-    _product("add_product", _routine(Z.dtype), Z, A, False, W, True, 1.0, 1.0)
+    _product("add_product", _routine(Z.dtype, Z.size * A.shape[-1]), Z, A, False, W, True, 1.0, 1.0)
 
 
 def _product(name: str, fn, C: np.ndarray, A: np.ndarray, trans_a: bool, B: np.ndarray, trans_b: bool,

@@ -102,6 +102,7 @@ def test_a_step_under_mkl_runs_every_product_through_mkl(monkeypatch):
     real = gemm._product
     monkeypatch.setattr(gemm, "_product", lambda name, fn, *a: (calls.append((name, fn)), real(name, fn, *a)))
     monkeypatch.setattr(step, "FUSE_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(gemm, "MKL_MIN_WORK", 0)          # this network's products are all small
     real_matmul, matrix_products = np.matmul, []
     def numpys(a, b, **kw):                                # rowops' sums are matrix-vector products
         matrix_products.extend([1] if a.ndim == b.ndim == 2 else [])
@@ -179,3 +180,31 @@ def test_bench_reports_mkl_as_the_library_of_the_products(tiny_config):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["blas"]["library"] == "mkl" and out["gradients_match"]
+
+
+@needs_mkl
+def test_under_mkl_small_products_stay_with_numpys_blas(monkeypatch):
+    """Products of fewer than MKL_MIN_WORK multiply-adds (where MKL's call costs more) run through
+    numpy's BLAS, larger ones through MKL; the results are the same products either way."""
+    f32 = np.dtype(np.float32)
+    mkl_routine, numpy_routine = gemm._library_routine(f32, "mkl"), gemm._library_routine(f32, "numpy")
+    calls = []
+    real = gemm._product
+    monkeypatch.setattr(gemm, "_product", lambda name, fn, *a: (calls.append(fn), real(name, fn, *a)))
+    rng = np.random.default_rng(5)
+    K, n, m = 16, 32, 8                                   # 4096 multiply-adds per product
+    A, W, dZ = (rng.standard_normal(s).astype(np.float32) for s in ((K, n), (m, n), (K, m)))
+    for limit, routine in ((K * n * m + 1, numpy_routine), (K * n * m, mkl_routine)):
+        monkeypatch.setattr(gemm, "MKL_MIN_WORK", limit)
+        calls.clear()
+        with gemm.using("mkl"):
+            assert gemm.library_of(K * n * m) == ("numpy" if routine is numpy_routine else "mkl")
+            Z = gemm.matmul(A, W.T, out=np.empty((K, m), np.float32))
+            C = W.copy()
+            gemm.update(C, dZ, A, alpha=-0.5)
+            gemm.add_product(Z, A, W)
+        assert calls[-2:] == [routine, routine] and (len(calls) == 3) == (routine is mkl_routine)
+        np.testing.assert_allclose(Z, 2 * (A.astype(np.float64) @ W.T), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(C, W - 0.5 * (dZ.T.astype(np.float64) @ A), rtol=1e-5, atol=1e-5)
+    with gemm.using("numpy"):
+        assert gemm.library_of(10**12) == "numpy"
