@@ -150,11 +150,13 @@ class TrainConfig:
                                        "dW, then update; auto = on where it measured faster (layers of "
                                        "32768+ weights on average). The two can differ in the last bit",
                                 choices=("auto", "on", "off"), kind="switch")
-    blas: str = option("auto", "library of the training step's matrix products: numpy = the BLAS numpy "
-                               "was built with (OpenBLAS in its wheels); mkl = Intel oneMKL from the "
-                               "optional mkl package (pip install 'mbtrain[mkl]'), 10-15 % faster "
-                               "products on this project's bench machine; auto = mkl where installed, "
-                               "else numpy", choices=("auto", "numpy", "mkl"))
+    blas: str = option("auto", "library of the matrix products of fit and bench (training steps, "
+                               "evaluation): numpy = the BLAS numpy was built with (OpenBLAS in its "
+                               "wheels); mkl = Intel oneMKL from the optional mkl package (pip install "
+                               "'mbtrain[mkl]') for products of 2^20 multiply-adds and more (0.74-0.85 of "
+                               "OpenBLAS's time on the bench machine; smaller ones stay with numpy's BLAS, "
+                               "run on one thread); auto = mkl where installed, else numpy",
+                       choices=("auto", "numpy", "mkl"))
     threads: int = option(0, "BLAS threads for this run (via threadpoolctl); 0 = the BLAS default, "
                              "usually one per core. Set 1 when running several trainings in parallel",
                           min=0, max=1024)

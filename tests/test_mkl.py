@@ -162,10 +162,12 @@ def _fit_weights(config, out, *overrides):
 
 @needs_mkl
 def test_a_run_through_mkl_is_deterministic_and_close_to_numpys(tiny_config, tmp_path):
-    sgd = ["train.momentum=0", "train.blas=mkl", "train.threads=2"]           # plain SGD: the fused step
-    first, summary = _fit_weights(tiny_config, tmp_path / "a", *sgd)
-    again, _ = _fit_weights(tiny_config, tmp_path / "b", *sgd)
-    numpys, _ = _fit_weights(tiny_config, tmp_path / "c", "train.momentum=0", "train.blas=numpy")
+    # plain SGD (the fused step), hidden products of 16 x 1024 x 1024 multiply-adds: through MKL
+    wide = ["train.momentum=0", "train.lr=0.05", "model.layers=[8,1024,1024,3]"]
+    assert 16 * 1024 * 1024 >= gemm.MKL_MIN_WORK
+    first, summary = _fit_weights(tiny_config, tmp_path / "a", *wide, "train.blas=mkl", "train.threads=2")
+    again, _ = _fit_weights(tiny_config, tmp_path / "b", *wide, "train.blas=mkl", "train.threads=2")
+    numpys, _ = _fit_weights(tiny_config, tmp_path / "c", *wide, "train.blas=numpy", "train.threads=2")
     assert first and first.keys() == again.keys() == numpys.keys()
     for k in first:
         assert np.array_equal(first[k], again[k]), k
