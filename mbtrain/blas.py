@@ -25,26 +25,22 @@ def limit(threads: int, library: str = "numpy"):
     Raises ConfigError (train.blas) for mkl where the mkl package is missing.
     """
     try:
-        selecting = gemm.using(library)              # loads MKL before threadpoolctl looks
-        selecting.__enter__()
+        gemm.resolve(library)
     except ValueError as e:
         raise ConfigError(f"train.blas = {library}: {e}; allowed: auto, numpy, mkl") from None
-    try:
-        with contextlib.ExitStack() as stack:
-            if gemm.selected() == "mkl" or threads:
-                from threadpoolctl import ThreadpoolController
-                controller = ThreadpoolController()
-                if gemm.selected() == "mkl":
-                    # numpy's BLAS keeps only the small calls (dot products, sums); on one thread they
-                    # wake no pool to compete with MKL's threads, which spin a while after each product
-                    stack.enter_context(controller.select(internal_api="openblas").limit(limits=1))
-                    if threads:
-                        stack.enter_context(controller.select(internal_api="mkl").limit(limits=threads))
-                else:
-                    stack.enter_context(controller.limit(limits=threads, user_api="blas"))
-            yield
-    finally:
-        selecting.__exit__(None, None, None)
+    with gemm.using(library) as selected, contextlib.ExitStack() as stack:   # MKL loaded before
+        if selected == "mkl" or threads:                                      # threadpoolctl looks
+            from threadpoolctl import ThreadpoolController
+            controller = ThreadpoolController()
+            if selected == "mkl":
+                # numpy's BLAS keeps only the small calls (dot products, sums, small products); on one
+                # thread they wake no pool to compete with MKL's threads, which spin after each product
+                stack.enter_context(controller.select(internal_api="openblas").limit(limits=1))
+                if threads:
+                    stack.enter_context(controller.select(internal_api="mkl").limit(limits=threads))
+            else:
+                stack.enter_context(controller.limit(limits=threads, user_api="blas"))
+        yield
 
 
 def with_config_threads(fn):

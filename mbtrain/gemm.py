@@ -106,7 +106,7 @@ def _mkl_library():
     whatever MKL_INTERFACE_LAYER says, or None when the package is not installed or does not load."""
     try:
         from importlib.metadata import PackageNotFoundError, files
-        found = [f for f in (files("mkl") or []) if f.name.startswith(("libmkl_rt.so", "libmkl_rt.", "mkl_rt"))]
+        found = [f for f in (files("mkl") or []) if f.name.startswith(("libmkl_rt.", "mkl_rt"))]
     except PackageNotFoundError:
         return None
     for f in sorted(found, key=lambda f: len(f.name)):
@@ -161,12 +161,10 @@ def _find(dtype: np.dtype, symbols, argtypes, agrees, library: str = "numpy"):
 
 
 def _routine(dtype: np.dtype, work: int | None = None):
-    """The ctypes gemm for dtype of the library that runs a product of `work` multiply-adds (the
-    selected one; numpy's for a small product under mkl), checked against numpy, or None.
-    work None: the selected library's."""
-    if _selected != "numpy" and work is not None and work < MKL_MIN_WORK:
-        return _library_routine(dtype, "numpy") or _library_routine(dtype, _selected)
-    return _library_routine(dtype, _selected)
+    """The ctypes gemm for dtype of the library that runs a product of `work` multiply-adds
+    (library_of; work None: the selected library), checked against numpy, or None."""
+    library = _selected if work is None else library_of(work)
+    return _library_routine(dtype, library) or _library_routine(dtype, _selected)
 
 
 def library_of(work: int) -> str:
@@ -264,7 +262,7 @@ def matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray) -> np.ndarray:
     A and B may be transposed views (A.T of a row-major array reads it with the transpose flag);
     out row- or column-major. Returns out.
     """
-    if _selected == "numpy" or out.size * A.shape[-1] < MKL_MIN_WORK:
+    if _selected == "numpy" or library_of(out.size * A.shape[-1]) == "numpy":
         return np.matmul(A, B, out=out)
     _product("matmul", _routine(out.dtype), out, A, False, B, False, 1.0, 0.0)
     return out
