@@ -182,6 +182,11 @@ def test_bench_reports_mkl_as_the_library_of_the_products(tiny_config):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["blas"]["library"] == "mkl" and out["gradients_match"]
+    r = subprocess.run([sys.executable, "-m", "mbtrain", "bench", tiny_config, "--steps", "3",
+                        "--set", "train.blas=mkl"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    head = (r.stdout + r.stderr).splitlines()[0]
+    assert "BLAS mkl " in head and "(None)" not in head and "on numpy's" in head
 
 
 @needs_mkl
