@@ -24,10 +24,7 @@ def limit(threads: int, library: str = "numpy"):
 
     Raises ConfigError (train.blas) for mkl where the mkl package is missing.
     """
-    try:
-        gemm.resolve(library)
-    except ValueError as e:
-        raise ConfigError(f"train.blas = {library}: {e}; allowed: auto, numpy, mkl") from None
+    check_library(library)
     with gemm.using(library) as selected, contextlib.ExitStack() as stack:   # MKL loaded before
         if selected == "mkl" or threads:                                      # threadpoolctl looks
             from threadpoolctl import ThreadpoolController
@@ -41,6 +38,15 @@ def limit(threads: int, library: str = "numpy"):
             else:
                 stack.enter_context(controller.limit(limits=threads, user_api="blas"))
         yield
+
+
+def check_library(library: str) -> str:
+    """The library train.blas = `library` selects here ("numpy" or "mkl"); ConfigError where it
+    cannot (mkl without the mkl package, or an unknown name)."""
+    try:
+        return gemm.resolve(library)
+    except ValueError as e:
+        raise ConfigError(f"train.blas = {library}: {e}; allowed: auto, numpy, mkl") from None
 
 
 def with_config_threads(fn):

@@ -69,7 +69,7 @@ def fit(
 
     The run directory's `status` file says running, completed, diverged, failed or interrupted.
     """
-    from mbtrain import checkpoint, runs
+    from mbtrain import blas, checkpoint, runs
     from mbtrain.config import load_config
     from mbtrain.train import fit as fit_run
     from mbtrain.train import load_splits
@@ -81,6 +81,7 @@ def fit(
         ckpt = checkpoint.load(resume)
         cfg = load_config(config, set_ or []) if config else load_config(None, set_ or [], ckpt.config.to_dict())
         _check_same_model(cfg, ckpt, resume)
+        blas.check_library(cfg.train.blas)
         splits = load_splits(cfg, ckpt.normalization)
         run_dir = out or os.path.dirname(os.path.dirname(os.path.abspath(resume)))
         if runs.still_running(run_dir):
@@ -90,6 +91,7 @@ def fit(
         if config is None:
             raise UsageError("missing argument CONFIG (or give --resume CKPT)")
         cfg = load_config(config, set_ or [])
+        blas.check_library(cfg.train.blas)
         ckpt = None
         splits = load_splits(cfg)
         run_dir = runs.create(out, config, name=name, overwrite=overwrite)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from mbtrain import bench, blas, gemm, optim, step
+from mbtrain import bench, blas, cli, gemm, optim, step
 from mbtrain.config import load_config
 from mbtrain.errors import ConfigError
 from mbtrain.model import MLP, init_params
@@ -43,7 +43,7 @@ def test_select_takes_the_known_libraries_only():
         assert library == "numpy"
 
 
-def test_without_mkl_auto_takes_numpy_and_mkl_is_a_config_error(monkeypatch, tiny_config, tmp_path):
+def test_without_mkl_auto_takes_numpy_and_mkl_is_a_config_error(monkeypatch, tiny_config, tmp_path, capsys):
     monkeypatch.setattr(gemm, "_mkl_library", lambda: None)
     with gemm.using("auto") as library:
         assert library == "numpy"
@@ -56,6 +56,11 @@ def test_without_mkl_auto_takes_numpy_and_mkl_is_a_config_error(monkeypatch, tin
     with pytest.raises(ConfigError, match="train.blas"):
         fit_run(cfg, str(tmp_path / "run"), quiet=True)
     assert gemm.selected() == "numpy"
+    # the command checks it with the config, before it writes anything
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["fit", tiny_config, "--out", str(tmp_path / "cli-run"), "--set", "train.blas=mkl"])
+    assert exit_.value.code == 2 and not (tmp_path / "cli-run").exists()
+    assert "error: train.blas = mkl: the mkl package is not installed" in capsys.readouterr().err
 
 
 def test_a_bad_blas_value_is_a_one_line_error(tiny_config, tmp_path):
