@@ -243,7 +243,8 @@ def table(result: dict) -> str:
             f"({r['per_sample_steps']} per-sample); BLAS {lib['library']} {lib['version']}"
             + (f" ({lib['architecture']})" if lib["architecture"] else "")
             + f", {lib['threads']} threads"
-            + (f" (products under {gemm.MKL_MIN_WORK:,} multiply-adds on numpy's)" if lib["library"] == "mkl" else ""))
+            + (f" (products under {gemm.MKL_MIN_WORK:,} multiply-adds on numpy's)"
+               if lib["library"] == "mkl" else ""))
     rows = [("", "samples/s", "step ms", "ratio")]
     rows.append(("vectorized", f"{r['vectorized']['samples_per_second']:,.0f}",
                  f"{r['vectorized']['step_ms']:.3f}", "1"))

@@ -120,15 +120,10 @@ def _mkl_library():
     return None
 
 
-def _mkl_paths() -> list[str]:
-    lib = _mkl_library()
-    return [lib._name] if lib is not None else []
-
-
 def _library_paths(library: str = "numpy") -> list[str]:
     """Files of the BLAS libraries numpy has loaded (numpy's own first), or MKL's for "mkl"."""
     if library == "mkl":
-        return _mkl_paths()
+        return [_mkl_library()._name] if _mkl_library() is not None else []
     try:
         from threadpoolctl import threadpool_info
     except ImportError:                              # pragma: no cover - a dependency
@@ -260,12 +255,20 @@ def matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = A @ B for 2-d arrays, through the selected library: numpy's matmul, or MKL's gemm.
 
     A and B may be transposed views (A.T of a row-major array reads it with the transpose flag);
-    out row- or column-major. Returns out.
+    out row- or column-major. Operands gemm cannot take (mixed dtypes, strided views) go to
+    numpy's matmul, whatever the library. Returns out.
     """
-    if _selected == "numpy" or library_of(out.size * A.shape[-1]) == "numpy":
+    if _selected == "numpy" or library_of(out.size * A.shape[-1]) == "numpy" or not fits(A, B, out):
         return np.matmul(A, B, out=out)
     _product("matmul", _routine(out.dtype), out, A, False, B, False, 1.0, 0.0)
     return out
+
+
+def fits(*arrays: np.ndarray) -> bool:
+    """True when a gemm call can take these arrays as they are: one dtype, each row- or
+    column-major contiguous."""
+    dtype = arrays[0].dtype
+    return all(a.dtype == dtype and (a.flags.c_contiguous or a.flags.f_contiguous) for a in arrays)
 
 
 def update(C: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float, beta: float = 1.0) -> None:

@@ -247,10 +247,7 @@ class MLP:
         A = X
         L = len(self.weights)
         for l, (W, b) in enumerate(zip(self.weights, self.biases)):
-            if A.dtype == W.dtype and (A.flags.c_contiguous or A.flags.f_contiguous):   # the step's library
-                Z = gemm.matmul(A, W.T, out=np.empty((A.shape[0], W.shape[0]), W.dtype))
-            else:
-                Z = A @ W.T
+            Z = gemm.matmul(A, W.T, out=np.empty((A.shape[0], W.shape[0]), np.result_type(A, W)))   # A @ W.T
             Z += b
             A = self.act.forward(Z, out=Z) if l < L - 1 else Z
         return A
