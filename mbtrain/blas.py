@@ -49,6 +49,14 @@ def check_library(library: str) -> str:
         raise ConfigError(f"train.blas = {library}: {e}; allowed: auto, numpy, mkl") from None
 
 
+def for_checkpoint(train, threads: int | None = None) -> tuple[int, str]:
+    """(threads, library) to evaluate or predict with a checkpoint whose config's train section is
+    `train`: `threads` when given (`--threads`), else its train.threads; its train.blas, with mkl
+    read as auto (MKL where it loads here, numpy's BLAS elsewhere: a checkpoint trained with MKL
+    is evaluated on any machine). For limit()."""
+    return (train.threads if threads is None else threads, "auto" if train.blas == "mkl" else train.blas)
+
+
 def with_config_threads(fn):
     """Decorate fn(cfg, ...) to run under limit(cfg.train.threads, cfg.train.blas)."""
     @functools.wraps(fn)

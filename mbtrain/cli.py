@@ -36,6 +36,9 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.lr=0.05 (repeatable; "
                                        "values are parsed as YAML).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", min=0, metavar="N", help="BLAS threads (0: the library's default; default: the "
+                                          "checkpoint's train.threads), so parallel jobs do not oversubscribe cores.")]
 
 
 def _version(value: bool):
@@ -142,10 +145,11 @@ def eval_(
                                                 "test split): IDX images, .npz, or a folder of x.npy/y.npy.")] = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Labels file for --data, when not found "
                                                   "beside it.")] = None,
+    threads: ThreadsOption = None,
     json_: JsonOption = False,
 ):
     """Evaluate a checkpoint: loss, accuracy and per-class accuracy."""
-    from mbtrain import checkpoint
+    from mbtrain import blas, checkpoint
     from mbtrain import data as datamod
     from mbtrain.errors import MbtrainError
     from mbtrain.model import MLP
@@ -159,7 +163,8 @@ def eval_(
         if source is None:
             raise MbtrainError(f"{ckpt}: its config names no data.test; give --data PATH")
     dataset = datamod.load_for_checkpoint(c, source, "evaluation")
-    result = evaluate(MLP(c.params, cfg.model.activation, cfg.model.output), dataset, cfg.train.eval_batch_size)
+    with blas.limit(*blas.for_checkpoint(cfg.train, threads)):
+        result = evaluate(MLP(c.params, cfg.model.activation, cfg.model.output), dataset, cfg.train.eval_batch_size)
     result = {"checkpoint": ckpt, "data": dataset.name, **result}
     if json_:
         print(json.dumps(result))
@@ -219,14 +224,16 @@ def predict(
     out: Annotated[Optional[str], typer.Option("--out", help="Write to FILE (.csv or .npy) instead of CSV "
                                                "on stdout.")] = None,
     proba: Annotated[bool, typer.Option("--proba", help="Also give each class's probability (p0, p1, ...).")] = False,
+    threads: ThreadsOption = None,
 ):
     """Predict the class (and with --proba the probabilities) of each sample of INPUT."""
-    from mbtrain import checkpoint
+    from mbtrain import blas, checkpoint
     from mbtrain import predict as predictmod
 
     c = checkpoint.load(ckpt)
     x = predictmod.read_inputs(input, c.config.model.layers[0], c.config.data)
-    columns, table = predictmod.predict(c, x, proba)
+    with blas.limit(*blas.for_checkpoint(c.config.train, threads)):
+        columns, table = predictmod.predict(c, x, proba)
     if out is None:
         sys.stdout.write(predictmod.to_csv(columns, table))
     else:

@@ -154,6 +154,60 @@ def test_fit_runs_under_train_threads(tiny_config, tmp_path, monkeypatch):
     assert seen and set(seen) == {1}
 
 
+def _cli(*args) -> tuple[int, str]:
+    """mbtrain.cli.main(args) in this process: (exit code, stderr)."""
+    import contextlib
+    import io
+    from mbtrain.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            return e.code, err.getvalue()
+    return 0, err.getvalue()
+
+
+def test_eval_and_predict_run_under_the_checkpoints_threads_or_threads_option(tiny_config, tiny_data,
+                                                                              tmp_path, monkeypatch):
+    from mbtrain import predict, runs, train
+    default = blas.info()["threads"]
+    ckpts = {}
+    for threads in (0, 1):                         # numpy's BLAS, so blas.info() reads the same library
+        cfg = load_config(tiny_config, [f"train.threads={threads}", "train.epochs=1", "train.blas=numpy"])
+        train.fit(cfg, runs.create(str(tmp_path / f"run{threads}"), None), quiet=True)
+        ckpts[threads] = str(tmp_path / f"run{threads}" / "checkpoints" / "last.npz")
+    seen = []
+
+    def spy(real):
+        def wrapped(*args, **kwargs):
+            seen.append(blas.info()["threads"])
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(train, "evaluate", spy(train.evaluate))
+    monkeypatch.setattr(predict, "predict", spy(predict.predict))
+    x = str(tmp_path / "x.npy")
+    np.save(x, np.load(tiny_data[1])["x"][:5])
+    commands = {"eval": lambda ckpt: ["eval", ckpt], "predict": lambda ckpt: ["predict", ckpt, x]}
+    for name, args in commands.items():
+        seen.clear()
+        assert _cli(*args(ckpts[1]))[0] == 0                       # the checkpoint's train.threads = 1
+        assert _cli(*args(ckpts[0]))[0] == 0                       # 0: the library's default
+        assert _cli(*args(ckpts[0]), "--threads", "1")[0] == 0     # the option over the checkpoint's
+        assert seen == [1, default, 1], name
+        assert blas.info()["threads"] == default                   # only while it runs
+        code, err = _cli(*args(ckpts[0]), "--threads", "-1")
+        assert code == 2 and err.startswith("error: ") and "--threads" in err and err.count("\n") == 1, err
+
+
+def test_a_checkpoint_trained_with_mkl_is_evaluated_with_mkl_where_it_loads_else_numpys_blas():
+    from types import SimpleNamespace
+    assert blas.for_checkpoint(SimpleNamespace(threads=3, blas="mkl")) == (3, "auto")
+    assert blas.for_checkpoint(SimpleNamespace(threads=3, blas="numpy"), threads=0) == (0, "numpy")
+    assert blas.for_checkpoint(SimpleNamespace(threads=0, blas="auto"), threads=2) == (2, "auto")
+
+
 def _traced_peak(fn) -> int:
     """Peak bytes traced (numpy reports its array buffers to tracemalloc) while fn runs."""
     import tracemalloc
