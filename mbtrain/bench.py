@@ -2,9 +2,10 @@
 
 In one run, on the config's network, batch size, dtype and optimizer, and on batches
 gathered from its training data:
-  vectorized  - mbtrain's step: gather, forward, loss, backward, update;
+  vectorized  - mbtrain's step: gather, forward, loss, backward, update (and with dropout the
+                step's masks, drawn as fit draws them);
   per_sample  - the same step the textbook way: a loop over the K samples accumulating
-                delta_k a_k^T (the only per-sample loop in mbtrain, kept as the yardstick);
+                delta_k a_k^T (the timed yardstick; gradcheck has its own, independent loop);
   gemm_bound  - only the step's matrix products (Z = A_prev @ W.T, dA_prev = dZ @ W, and
                 dW = dZ.T @ A_prev, or W -= lr dZ.T @ A_prev when the step fuses plain SGD
                 into them, mbtrain.step; same shapes, transposes, dtype), timed alone.
@@ -25,18 +26,21 @@ import time
 
 import numpy as np
 
-from mbtrain import blas, data, flat, gemm, guard, loadertime, optim, step
+from mbtrain import blas, data, dropout, flat, gemm, guard, loadertime, optim, step
 from mbtrain.config import Config
 from mbtrain.errors import DataError
 from mbtrain.model import MLP, bias_in_product, weight_gradient, weight_order
 
 
-def per_sample_gradients(model: MLP, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[np.ndarray]]:
+def per_sample_gradients(model: MLP, X: np.ndarray, Y: np.ndarray,
+                         masks: list[np.ndarray] | None = None) -> tuple[float, list[np.ndarray]]:
     """Mean loss and gradients for the batch X (K, n_0), Y (K, m_L), one sample at a time.
 
     For each sample: a^0 = x, z^l = W^l a^(l-1) + b^l, a^l = sigma(z^l); the output error
     delta^L from the loss; delta^(l-1) = (W^l)^T delta^l * sigma'(z^(l-1));
     dW^l += delta^l (a^(l-1))^T, db^l += delta^l. Finally divide by K (the loss is a mean).
+    masks: None, or the step's inverted-dropout masks, one (K, m) per hidden layer (mbtrain.dropout):
+    layer l+1 then sees a^l * mask_k, and delta^l is multiplied by the same mask.
     Row-major throughout, as the textbook writes W (the model may keep a layer column-major,
     mbtrain.model.weight_order, which would slow this loop's matrix-vector products).
     """
@@ -46,12 +50,14 @@ def per_sample_gradients(model: MLP, X: np.ndarray, Y: np.ndarray) -> tuple[floa
     total_loss = 0.0
     for k in range(K):
         # forward one sample
-        a_list, z_list = [X[k]], []
+        a_list, z_list, sigma_list = [X[k]], [], []
         for l in range(L):
             z = Ws[l] @ a_list[-1] + bs[l]                            # (m,)
             z_list.append(z)
             if l < L - 1:
-                a_list.append(model.act.forward(z))                  # (m,)
+                a = model.act.forward(z)                              # (m,)
+                sigma_list.append(a)
+                a_list.append(a * masks[l][k] if masks is not None else a)   # what layer l+1 sees
         # the output error of this sample: the fused loss on a batch of one
         loss, delta = model.out.loss_and_delta(z_list[-1][None, :], Y[k][None, :])
         total_loss += loss
@@ -61,7 +67,9 @@ def per_sample_gradients(model: MLP, X: np.ndarray, Y: np.ndarray) -> tuple[floa
             grads[2 * l] += np.outer(delta, a_list[l])               # delta^l (a^(l-1))^T  (m, n)
             grads[2 * l + 1] += delta
             if l > 0:
-                delta = (Ws[l].T @ delta) * model.act.derivative(z_list[l - 1], a_list[l])
+                delta = (Ws[l].T @ delta) * model.act.derivative(z_list[l - 1], sigma_list[l - 1])
+                if masks is not None:
+                    delta *= masks[l - 1][k]
     for g in grads:
         g /= K
     return total_loss / K, grads
@@ -119,7 +127,11 @@ class _Gemms:
 
 
 class Trainer:
-    """A model, its optimizer and an endless stream of training batches; step() is one training step."""
+    """A model, its optimizer and an endless stream of training batches; step() is one training step.
+
+    With model.dropout, each step draws its inverted-dropout masks as fit does (mbtrain.dropout:
+    a fresh generator per (seed, epoch, step)), and both implementations train through them.
+    """
 
     def __init__(self, cfg: Config, train_set: data.Dataset, per_sample: bool, prefetch: str | None = None):
         from mbtrain.train import build_model, make_batches
@@ -132,13 +144,23 @@ class Trainer:
                                          input_bound=train_set.entry_bound())   # as fit makes it
         self.batches = make_batches(cfg, train_set, prefetch, drop_last=True)   # as fit makes them, K rows each
         self.stream = data.endless(self.batches)
+        self.seed, self.dropout, self.steps = cfg.seed, cfg.model.dropout, 0
+
+    def masks(self, K: int) -> list[np.ndarray] | None:
+        """This step's dropout masks, as fit draws them (None without dropout)."""
+        if not self.dropout:
+            return None
+        self.steps += 1
+        return dropout.masks(self.seed, 0, self.steps - 1, K, self.model.layers[1:-1], self.dropout,
+                             self.model.dtype)
 
     def step(self) -> None:
         X, Y = next(self.stream)
+        masks = self.masks(len(X))
         if not self.per_sample:
-            self.train_step(X, Y)                                # as fit runs it
+            self.train_step(X, Y, masks)                         # as fit runs it
             return
-        loss, grads = per_sample_gradients(self.model, X, Y)
+        loss, grads = per_sample_gradients(self.model, X, Y, masks)
         for g, row_major in zip(self.model.grads, grads):       # into the model's layout, which
             g[...] = row_major                                   # the optimizer streams over
         guard.check_step(loss, self.model.grads, self.clip_norm)  # as fit does, before the update
@@ -172,7 +194,8 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         raise DataError(f"{train_set.name}: {len(train_set)} training samples make no batch of "
                         f"train.batch_size = {K}")
     vectorized, per_sample = Trainer(cfg, train_set, False), Trainer(cfg, train_set, True)
-    check = gradient_check(vectorized.model, *next(vectorized.stream), t.dtype)
+    X, Y = next(vectorized.stream)
+    check = gradient_check(vectorized.model, X, Y, t.dtype, vectorized.masks(len(X)))
     gemms = _Gemms(layers, K, t.dtype, np.random.default_rng(cfg.seed), vectorized.train_step.fused)
     steps = steps or _calibrate(vectorized.step)
     per_sample_steps = max(1, steps // 10)
@@ -196,6 +219,7 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
     timing = {name: {"samples_per_second": rate[name], "step_ms": 1e3 * seconds[name]} for name in runs}
     return {
         "network": layers, "activation": cfg.model.activation, "output": cfg.model.output,
+        "dropout": cfg.model.dropout,
         "batch_size": K, "dtype": t.dtype, "optimizer": getattr(vectorized.opt, "name", "sgd"),
         "fused_update": vectorized.train_step.fused, "prefetch": vectorized.batches.prefetch,
         "steps": steps, "per_sample_steps": per_sample_steps, "repeats": repeats, **timing,
@@ -210,11 +234,12 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
     }
 
 
-def gradient_check(model: MLP, X: np.ndarray, Y: np.ndarray, dtype) -> dict:
-    """Vectorized and per-sample gradients of one batch on the same weights, compared."""
-    model.forward(X)
+def gradient_check(model: MLP, X: np.ndarray, Y: np.ndarray, dtype,
+                   masks: list[np.ndarray] | None = None) -> dict:
+    """Vectorized and per-sample gradients of one batch on the same weights (and dropout masks), compared."""
+    model.forward(X, masks)
     loss_vectorized = model.loss_and_backward(Y)
-    loss_per_sample, grads = per_sample_gradients(model, X, Y)
+    loss_per_sample, grads = per_sample_gradients(model, X, Y, masks)
     difference = gradient_difference(model.grads, grads)
     tolerance = 1e-4 if np.dtype(dtype) == np.float32 else 1e-10
     return {"gradients_match": bool(difference <= tolerance), "gradient_max_relative_difference": difference,
@@ -237,6 +262,7 @@ def table(result: dict) -> str:
     r = result
     lib = r["blas"]
     fused = " (update fused into the dW products)" if r["fused_update"] else ""
+    fused += f", dropout {r['dropout']:g}" if r.get("dropout") else ""
     fused += ", batches prefetched" if r["prefetch"] else ""
     head = (f"network {'-'.join(map(str, r['network']))} {r['activation']}, batch {r['batch_size']}, "
             f"{r['dtype']}, {r['optimizer']}{fused}; {r['repeats']} repeats of {r['steps']} steps "

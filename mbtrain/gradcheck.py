@@ -5,7 +5,7 @@ For every weight matrix W (m, n) and bias b (m,) of a network, on K samples:
     vectorized  dW = dZ.T @ A_prev, db = dZ.sum(0): the model's own backward(), as training runs it
                 (plus the L2 term g = dW + weight_decay W, taken from the optimizer's own code)
     loop        dW = (1/K) sum_k delta_k a_k^T, db = (1/K) sum_k delta_k: the textbook per-sample
-                loop, written here independently of model.py (the only per-sample loop in mbtrain)
+                loop, written here independently of model.py (and of `mbtrain bench`'s timed loop)
     numerical   dC/dw ~ (C(w + h) - C(w - h)) / 2h, C the model's mean loss over the K samples
                 plus weight_decay/2 * sum(W**2); every entry of small arrays, a seeded random
                 subset of big ones

@@ -49,6 +49,53 @@ def test_per_sample_loop_gives_the_vectorized_gradients(tiny_config, activation,
     assert grads_ref[2][i, j] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_per_sample_loop_with_dropout_masks_gives_the_vectorized_and_gradchecks_loop_gradients(tiny_config, activation):
+    from mbtrain import dropout, gradcheck
+    cfg = load_config(tiny_config, [f"model.activation={activation}", "model.layers=[8,16,7,3]",
+                                    "train.dtype=float64"])
+    model = build_model(cfg)
+    X, Y = _one_batch(cfg)
+    masks = dropout.masks(0, 0, 3, len(X), [16, 7], 0.5, np.float64)
+    assert 0 < sum(int((m == 0).sum()) for m in masks) < sum(m.size for m in masks)
+    model.forward(X, masks)
+    loss = model.loss_and_backward(Y)
+    loss_ref, grads_ref = bench.per_sample_gradients(model, X, Y, masks)
+    assert loss == pytest.approx(loss_ref, rel=1e-12)
+    loop = gradcheck.loop_gradients(model, X, Y, 0.0, masks)          # the other, independent loop
+    for g, ref, other in zip(model.grads, grads_ref, loop):
+        np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(other, ref, rtol=1e-10, atol=1e-12)
+    unmasked = bench.per_sample_gradients(model, X, Y)[1]              # the masks do change them
+    assert not np.allclose(unmasked[0], grads_ref[0])
+
+
+def test_bench_trains_through_dropout_masks_as_fit_does(tiny_config, monkeypatch):
+    from mbtrain import dropout, step
+    seen, drawn = [], []
+    real_call, real_masks = step.TrainStep.__call__, dropout.masks
+
+    def spy_call(self, X, Y, masks=None):
+        seen.append(masks)
+        return real_call(self, X, Y, masks)
+
+    def spy_masks(*args):
+        drawn.append(args[:3])
+        return real_masks(*args)
+
+    monkeypatch.setattr(step.TrainStep, "__call__", spy_call)
+    monkeypatch.setattr(dropout, "masks", spy_masks)
+    cfg = load_config(tiny_config, ["model.dropout=0.5", "train.threads=1"])
+    r = bench.run(cfg, steps=2, repeats=1)
+    assert r["dropout"] == 0.5 and r["gradients_match"] is True
+    assert seen and all(m is not None and len(m) == 1 and m[0].shape == (16, 16) for m in seen)
+    assert {(cfg.seed, 0, 0), (cfg.seed, 0, 1)} <= set(drawn)      # (seed, epoch, step), as fit draws them
+    assert "dropout 0.5" in bench.table(r)
+    seen.clear()
+    r = bench.run(load_config(tiny_config, ["train.threads=1"]), steps=2, repeats=1)
+    assert r["dropout"] == 0 and seen and all(m is None for m in seen)
+
+
 def test_flops_count_three_products_per_layer_but_the_first():
     # 784-100-10, K=64: layer 1 has 2 products of 2*64*784*100, layer 2 has 3 of 2*64*100*10
     assert bench.flops_per_step([784, 100, 10], 64) == 2 * (2 * 64 * 784 * 100) + 3 * (2 * 64 * 100 * 10)
