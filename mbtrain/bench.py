@@ -144,15 +144,16 @@ class Trainer:
                                          input_bound=train_set.entry_bound())   # as fit makes it
         self.batches = make_batches(cfg, train_set, prefetch, drop_last=True)   # as fit makes them, K rows each
         self.stream = data.endless(self.batches)
-        self.seed, self.dropout, self.steps = cfg.seed, cfg.model.dropout, 0
+        self._masks = dropout.Masks(cfg.seed, self.model.layers[1:-1], cfg.model.dropout, self.model.dtype) \
+            if cfg.model.dropout else None
+        self.steps = 0
 
     def masks(self, K: int) -> list[np.ndarray] | None:
         """This step's dropout masks, as fit draws them (None without dropout)."""
-        if not self.dropout:
+        if self._masks is None:
             return None
         self.steps += 1
-        return dropout.masks(self.seed, 0, self.steps - 1, K, self.model.layers[1:-1], self.dropout,
-                             self.model.dtype)
+        return self._masks(0, self.steps - 1, K)
 
     def step(self) -> None:
         X, Y = next(self.stream)

@@ -26,6 +26,52 @@ def test_masks_are_seeded_scaled_and_about_rate():
     assert f64[0].dtype == np.float64 and np.array_equal(f64[0] == 0, a[0] == 0)
 
 
+def _masks_from_floats(seed, epoch, step, K, hidden, rate, dtype):
+    """The masks as numpy draws them: float32 uniforms against 1 - rate, layer after layer."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(dropout.DROPOUT_STREAM, epoch, step)))
+    out = []
+    for m in hidden:
+        mask = (rng.random((K, m), dtype=np.float32) < 1.0 - rate).astype(dtype)
+        mask *= np.dtype(dtype).type(1.0 / (1.0 - rate))
+        out.append(mask)
+    return out
+
+
+@pytest.mark.parametrize("rate", [1e-9, 0.01, 0.2, 0.25, 0.3, 0.5, 0.7, 0.9, 0.999])
+@pytest.mark.parametrize("K,hidden", [(128, [512, 512]), (7, [5, 3, 9]), (1, [1]), (3, [1, 2]), (129, [129, 131])])
+def test_masks_are_numpys_float32_draws_bit_for_bit(rate, K, hidden):
+    # odd layer sizes leave half of a 64-bit output to the next layer, as numpy's draws do
+    for dtype in (np.float32, np.float64):
+        for step in range(3):
+            ours = dropout.masks(11, 1, step, K, hidden, rate, dtype)
+            ref = _masks_from_floats(11, 1, step, K, hidden, rate, dtype)
+            assert [m.dtype for m in ours] == [np.dtype(dtype)] * len(hidden)
+            assert all(np.array_equal(a, b) for a, b in zip(ours, ref)), (rate, K, hidden, dtype, step)
+
+
+@pytest.mark.parametrize("chunk", [7, 8, 1 << 14])
+def test_masks_in_chunks_and_into_reused_buffers_are_the_same(monkeypatch, chunk):
+    # an odd chunk leaves a half-word in the middle of a layer too
+    monkeypatch.setattr(dropout, "CHUNK_WORDS", chunk)
+    run = dropout.Masks(5, [33, 17], 0.3, np.float32)
+    first = run(0, 0, 20)
+    assert all(np.array_equal(a, b) for a, b in zip(first, _masks_from_floats(5, 0, 0, 20, [33, 17], 0.3, np.float32)))
+    again = run(2, 7, 20)                                  # the same buffers, refilled
+    assert [id(a) for a in again] == [id(a) for a in first]
+    assert all(np.array_equal(a, b) for a, b in zip(again, _masks_from_floats(5, 2, 7, 20, [33, 17], 0.3, np.float32)))
+    last = run(2, 8, 3)                                    # another batch size: its own buffers
+    assert [a.shape for a in last] == [(3, 33), (3, 17)] and all(a is not b for a, b in zip(last, first))
+    assert all(np.array_equal(a, b) for a, b in zip(last, _masks_from_floats(5, 2, 8, 3, [33, 17], 0.3, np.float32)))
+
+
+def test_word_threshold_is_exact_at_its_edge():
+    for keep in (np.float32(0.8), np.float32(0.3), np.float32(1 - 2 ** -24), np.float32(2 ** -24)):
+        t = dropout._words_below(keep)
+        for w in (t - 257, t - 256, t - 1, t, t + 1, t + 255, t + 256):
+            if 0 <= w < 1 << 32:
+                assert (np.float32(w >> 8) * np.float32(2 ** -24) < keep) == (w < t), (keep, w)
+
+
 def _net(activation="tanh"):
     params = init_params([5, 7, 6, 3], "xavier", "normal", activation, np.random.default_rng(0), np.float64)
     return MLP(params, activation, "softmax_cross_entropy")

@@ -79,9 +79,9 @@ def test_bench_trains_through_dropout_masks_as_fit_does(tiny_config, monkeypatch
         seen.append(masks)
         return real_call(self, X, Y, masks)
 
-    def spy_masks(*args):
+    def spy_masks(*args, **kwargs):
         drawn.append(args[:3])
-        return real_masks(*args)
+        return real_masks(*args, **kwargs)
 
     monkeypatch.setattr(step.TrainStep, "__call__", spy_call)
     monkeypatch.setattr(dropout, "masks", spy_masks)
