@@ -127,6 +127,14 @@ def _coupled_l2(p: np.ndarray, dp: np.ndarray, i: int, weight_decay: float,
     return g
 
 
+def _scratch(params: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """`count` scratch arrays of a piece's size (mbtrain.flat), so an update's intermediate results
+    need no arrays of their own: the same operations in the same order (the same numbers), with
+    nothing allocated per piece (RMSprop's step over keras-mnist-mlp's 669,706 parameters had
+    allocated 126 arrays)."""
+    return [np.empty(flat.largest_piece(params), params[0].dtype) for _ in range(count)]
+
+
 class RMSprop:
     """RMSprop: each parameter's step divided by a running root-mean-square of its gradients."""
 
@@ -139,6 +147,7 @@ class RMSprop:
         self.square_avg = flat.zeros_like(params)
         self._g = flat.zeros_like(params) if weight_decay else []
         self._pieces = _Pieces(params, self.square_avg)
+        self._scratch = _scratch(params, 2)
 
     def step(self, grads: list[np.ndarray]) -> None:
         f = self.params[0].dtype.type
@@ -146,9 +155,12 @@ class RMSprop:
         if self.weight_decay:
             grads = _add_l2(self.params, grads, self.weight_decay, self._g)
         for p, g, s in self._pieces(grads):
+            a, b = (x[:p.size] for x in self._scratch)
             s *= rho
-            s += (1 - rho) * (g * g)                          # s = rho s + (1 - rho) g^2
-            p -= lr * g / (np.sqrt(s) + eps)
+            s += np.multiply(np.multiply(g, g, out=a), 1 - rho, out=a)      # s = rho s + (1 - rho) g^2
+            np.sqrt(s, out=b)
+            b += eps
+            p -= np.divide(np.multiply(g, lr, out=a), b, out=a)           # p -= lr g / (sqrt(s) + eps)
 
     def state(self) -> dict[str, np.ndarray]:
         return {f"square_avg{i}": s for i, s in enumerate(self.square_avg)}
@@ -173,6 +185,7 @@ class Adam:
         self.t = 0                                             # steps taken, for bias correction
         self._g = flat.zeros_like(params) if weight_decay and not self.decoupled else []
         self._pieces = _Pieces(params, self.m, self.v)
+        self._scratch = _scratch(params, 2)
 
     def step(self, grads: list[np.ndarray]) -> None:
         f = self.params[0].dtype.type
@@ -186,11 +199,15 @@ class Adam:
         elif self.weight_decay:
             grads = _add_l2(self.params, grads, self.weight_decay, self._g)
         for p, g, m, v in self._pieces(grads):
+            a, b = (x[:p.size] for x in self._scratch)
             m *= b1
-            m += (1 - b1) * g                                  # m = b1 m + (1 - b1) g
+            m += np.multiply(g, 1 - b1, out=a)                 # m = b1 m + (1 - b1) g
             v *= b2
-            v += (1 - b2) * (g * g)                            # v = b2 v + (1 - b2) g^2
-            p -= lr * (m / correct1) / (np.sqrt(v / correct2) + eps)
+            v += np.multiply(np.multiply(g, g, out=a), 1 - b2, out=a)      # v = b2 v + (1 - b2) g^2
+            np.sqrt(np.divide(v, correct2, out=b), out=b)
+            b += eps
+            p -= np.divide(np.multiply(np.divide(m, correct1, out=a), lr, out=a), b, out=a)
+            #    lr (m / correct1) / (sqrt(v / correct2) + eps)
 
     def state(self) -> dict[str, np.ndarray]:
         arrays = {"t": np.array(self.t, dtype=np.int64)}

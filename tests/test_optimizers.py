@@ -115,3 +115,44 @@ def test_weight_decay_scaling_train_size_is_nielsen_lambda_over_n():
     np.testing.assert_allclose(opt.params[1], p0[1] - 0.5 * g[1], rtol=1e-12)
     plain = load_config(None, ["train.weight_decay=5.0"])
     assert optim.effective_weight_decay(plain.train, 50_000) == 5.0
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adam", "adamw"])
+def test_adaptive_steps_into_scratch_give_the_expressions_numbers_bit_for_bit(name):
+    # float32 over a packed model of several pieces: the update written as plain numpy
+    # expressions (each intermediate its own array), operation for operation, gives the same bits
+    from mbtrain.model import MLP, init_params
+    params = init_params([300, 200, 10], "he", "zeros", "relu", np.random.default_rng(0), np.float32)
+    model = MLP(params, "relu", "softmax_cross_entropy")
+    opt = {"rmsprop": optim.RMSprop, "adam": optim.Adam, "adamw": optim.AdamW}[name](
+        model.params, 0.01, weight_decay=0.001)
+    assert len(opt._pieces(model.grads)) >= 2
+    want = [p.copy() for p in model.params]
+    f = np.float32
+    state = [[np.zeros_like(p) for p in want] for _ in range(2)]
+    for t in range(1, 4):
+        grads = [np.random.default_rng(t * 10 + i).standard_normal(p.shape).astype(f) for i, p in enumerate(want)]
+        for g, out in zip(grads, model.grads):
+            out[...] = g
+        opt.step(model.grads)
+        for i, (p, dp) in enumerate(zip(want, grads)):
+            if name == "adamw" and i % 2 == 0:
+                p *= f(1 - 0.01 * 0.001)
+            g = dp + p * f(0.001) if i % 2 == 0 and name != "adamw" else dp   # coupled L2: dW + lambda W
+            if name == "rmsprop":
+                s = state[0][i]
+                lr, rho, eps = f(0.01), f(opt.decay), f(opt.eps)
+                s *= rho
+                s += (1 - rho) * (g * g)
+                p -= lr * g / (np.sqrt(s) + eps)
+            else:
+                m, v = state[0][i], state[1][i]
+                b1, b2, eps, lr = f(opt.beta1), f(opt.beta2), f(opt.eps), f(0.01)
+                c1, c2 = f(1 - opt.beta1 ** t), f(1 - opt.beta2 ** t)
+                m *= b1
+                m += (1 - b1) * g
+                v *= b2
+                v += (1 - b2) * (g * g)
+                p -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+        for got, exp in zip(model.params, want):
+            assert got.dtype == np.float32 and np.array_equal(got, exp), (name, t)

@@ -270,7 +270,10 @@ def _traced_peak(fn) -> int:
 
 @pytest.mark.parametrize("overrides", [["train.momentum=0", "train.weight_decay=0"],
                                        ["train.momentum=0.9", "train.nesterov=true", "train.weight_decay=0.001"],
-                                       ["train.momentum=0.9", "train.weight_decay=0"]])
+                                       ["train.momentum=0.9", "train.weight_decay=0"],
+                                       ["train.optimizer=rmsprop", "train.momentum=0", "train.weight_decay=0.001"],
+                                       ["train.optimizer=adam", "train.momentum=0"],
+                                       ["train.optimizer=adamw", "train.momentum=0", "train.weight_decay=0.01"]])
 def test_training_step_reuses_its_buffers(tiny_config, overrides):
     # the batch is 256 KB, a hidden layer's buffers 205 KB, W0 800 KB: a step that allocated an
     # array of any of these sizes would show; numpy's 32 KB iterator buffers and (K,) temporaries
