@@ -215,7 +215,8 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         trainer.stream.close()                                              # stops a prefetch thread
     seconds = {name: statistics.median(v) for name, v in times.items()}
     rate = {name: K / s for name, s in seconds.items()}
-    paired = lambda slow, fast: statistics.median(a / b for a, b in zip(times[slow], times[fast]))
+    ratios = lambda slow, fast: [a / b for a, b in zip(times[slow], times[fast])]   # each repeat's own
+    paired = lambda slow, fast: statistics.median(ratios(slow, fast))
     flops = flops_per_step(layers, K)
     timing = {name: {"samples_per_second": rate[name], "step_ms": 1e3 * seconds[name]} for name in runs}
     return {
@@ -226,6 +227,8 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         "steps": steps, "per_sample_steps": per_sample_steps, "repeats": repeats, **timing,
         "speedup_over_per_sample": paired("per_sample", "vectorized"),
         "vectorized_over_gemm_bound": paired("gemm_bound", "vectorized"),
+        "repeat_ratios": {"speedup_over_per_sample": ratios("per_sample", "vectorized"),
+                          "vectorized_over_gemm_bound": ratios("gemm_bound", "vectorized")},
         "repeat_step_ms": {name: [1e3 * s for s in v] for name, v in times.items()},
         **check, "flops_per_step": flops,
         "gflops": flops / seconds["vectorized"] / 1e9, "gemm_gflops": flops / seconds["gemm_bound"] / 1e9,
@@ -258,6 +261,14 @@ def _calibrate(step, seconds: float = 0.3, least: int = 10, most: int = 2000) ->
     return int(min(most, max(least, seconds / max(per_step, 1e-9))))
 
 
+def _spread(result: dict, name: str, spec: str) -> str:
+    """" (repeats LOW-HIGH)": the range of a ratio's per-repeat values, when there are several."""
+    values = result.get("repeat_ratios", {}).get(name, [])
+    if len(values) < 2:
+        return ""
+    return f" (repeats {format(min(values), spec)}-{format(max(values), spec)})"
+
+
 def table(result: dict) -> str:
     """The result as a readable table."""
     r = result
@@ -276,10 +287,12 @@ def table(result: dict) -> str:
     rows.append(("vectorized", f"{r['vectorized']['samples_per_second']:,.0f}",
                  f"{r['vectorized']['step_ms']:.3f}", "1"))
     rows.append(("per_sample", f"{r['per_sample']['samples_per_second']:,.0f}",
-                 f"{r['per_sample']['step_ms']:.3f}", f"vectorized is {r['speedup_over_per_sample']:.1f}x"))
+                 f"{r['per_sample']['step_ms']:.3f}", f"vectorized is {r['speedup_over_per_sample']:.1f}x"
+                 + _spread(r, "speedup_over_per_sample", ".1f")))
     rows.append(("gemm_bound", f"{r['gemm_bound']['samples_per_second']:,.0f}",
                  f"{r['gemm_bound']['step_ms']:.3f}",
-                 f"vectorized / gemm_bound = {r['vectorized_over_gemm_bound']:.2f}"))
+                 f"vectorized / gemm_bound = {r['vectorized_over_gemm_bound']:.2f}"
+                 + _spread(r, "vectorized_over_gemm_bound", ".2f")))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [head] + ["  ".join([row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]), row[3]])
                       for row in rows]

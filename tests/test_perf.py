@@ -155,6 +155,13 @@ def test_bench_json_reports_every_field(tiny_config):
     paired = lambda a, b: statistics.median(x / y for x, y in zip(ms[a], ms[b]))
     assert r["speedup_over_per_sample"] == pytest.approx(paired("per_sample", "vectorized"))
     assert r["vectorized_over_gemm_bound"] == pytest.approx(paired("gemm_bound", "vectorized"))
+    for name, (slow, fast) in {"speedup_over_per_sample": ("per_sample", "vectorized"),
+                               "vectorized_over_gemm_bound": ("gemm_bound", "vectorized")}.items():
+        assert r["repeat_ratios"][name] == pytest.approx([x / y for x, y in zip(ms[slow], ms[fast])])
+        assert r[name] == pytest.approx(statistics.median(r["repeat_ratios"][name]))
+        low, high = min(r["repeat_ratios"][name]), max(r["repeat_ratios"][name])
+        spec = ".1f" if name == "speedup_over_per_sample" else ".2f"
+        assert f"(repeats {low:{spec}}-{high:{spec}})" in bench.table(r)
     assert r["vectorized"]["step_ms"] == pytest.approx(statistics.median(ms["vectorized"]))
     assert r["gradients_match"] is True and r["gradient_max_relative_difference"] <= 1e-4
     assert r["flops_per_step"] == bench.flops_per_step([8, 16, 3], 16)
