@@ -144,14 +144,11 @@ class Trainer:
                                          input_bound=train_set.entry_bound())   # as fit makes it
         self.batches = make_batches(cfg, train_set, prefetch, drop_last=True)   # as fit makes them, K rows each
         self.stream = data.endless(self.batches)
-        self._masks = dropout.Masks(cfg.seed, self.model.layers[1:-1], cfg.model.dropout, self.model.dtype) \
-            if cfg.model.dropout else None
+        self._masks = dropout.Masks(cfg.seed, self.model.layers[1:-1], cfg.model.dropout, self.model.dtype)
         self.steps = 0
 
     def masks(self, K: int) -> list[np.ndarray] | None:
         """This step's dropout masks, as fit draws them (None without dropout)."""
-        if self._masks is None:
-            return None
         self.steps += 1
         return self._masks(0, self.steps - 1, K)
 

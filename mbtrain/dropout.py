@@ -64,13 +64,16 @@ def masks(seed: int, epoch: int, step: int, K: int, hidden: list[int], rate: flo
 
 class Masks:
     """masks() of each step of a run, drawn into buffers reused from step to step (one set per
-    batch size): a step's masks are valid until the next call with the same K."""
+    batch size): a step's masks are valid until the next call with the same K. None at rate 0
+    (no dropout), so a training loop asks every step."""
 
     def __init__(self, seed: int, hidden: list[int], rate: float, dtype):
         self.seed, self.hidden, self.rate, self.dtype = seed, list(hidden), rate, np.dtype(dtype)
         self._buffers: dict[int, list[np.ndarray]] = {}
 
-    def __call__(self, epoch: int, step: int, K: int) -> list[np.ndarray]:
+    def __call__(self, epoch: int, step: int, K: int) -> list[np.ndarray] | None:
+        if not self.rate:
+            return None
         if K not in self._buffers:
             self._buffers[K] = [np.empty((K, m), self.dtype) for m in self.hidden]
         return masks(self.seed, epoch, step, K, self.hidden, self.rate, self.dtype, out=self._buffers[K])

@@ -170,8 +170,7 @@ class _Run:
         self.opt = optim.make(t, self.model.params, n_train=len(train_set))
         self.train_step = step.TrainStep(self.model, self.opt, t.clip_norm, t.fused_update,
                                          input_bound=train_set.entry_bound())
-        self.masks = dropout.Masks(cfg.seed, self.model.layers[1:-1], m.dropout, self.model.dtype) \
-            if m.dropout else None                       # each step's, by (seed, epoch, step)
+        self.masks = dropout.Masks(cfg.seed, self.model.layers[1:-1], m.dropout, self.model.dtype)   # by step
         self.state = {"epoch": 0, "epoch_step": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
                       "seconds": 0.0, **monitor.INITIAL_STATE}
         if resume:
@@ -206,7 +205,7 @@ class _Run:
                    file=sys.stderr, desc=f"epoch {epoch + 1}/{t.epochs}", mininterval=0.25)
         for X, Y in self.batches.epoch(epoch, state["epoch_step"]):
             opt.lr = schedules.lr_at(t, state["step"], steps, state["lr_scale"])
-            masks = self.masks(epoch, state["epoch_step"], len(X)) if self.masks else None
+            masks = self.masks(epoch, state["epoch_step"], len(X))       # None without dropout
             try:
                 loss = train_step(X, Y, masks)           # forward, backward, guard, update
             except Diverged as e:

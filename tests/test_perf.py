@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from test_runs_cli import main_in_process
 from mbtrain import bench, blas, data, gemm, optim
 from mbtrain.config import load_config
 from mbtrain.model import MLP, init_params
@@ -208,22 +209,8 @@ def test_fit_runs_under_train_threads(tiny_config, tmp_path, monkeypatch):
     assert seen and set(seen) == {1}
 
 
-def _cli(*args) -> tuple[int, str]:
-    """mbtrain.cli.main(args) in this process: (exit code, stderr)."""
-    import contextlib
-    import io
-    from mbtrain.cli import main
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main(list(args))
-        except SystemExit as e:
-            return e.code, err.getvalue()
-    return 0, err.getvalue()
-
-
 def test_eval_and_predict_run_under_the_checkpoints_threads_or_threads_option(tiny_config, tiny_data,
-                                                                              tmp_path, monkeypatch):
+                                                                              tmp_path, monkeypatch, capsys):
     from mbtrain import predict, runs, train
     default = blas.info()["threads"]
     ckpts = {}
@@ -246,12 +233,12 @@ def test_eval_and_predict_run_under_the_checkpoints_threads_or_threads_option(ti
     commands = {"eval": lambda ckpt: ["eval", ckpt], "predict": lambda ckpt: ["predict", ckpt, x]}
     for name, args in commands.items():
         seen.clear()
-        assert _cli(*args(ckpts[1]))[0] == 0                       # the checkpoint's train.threads = 1
-        assert _cli(*args(ckpts[0]))[0] == 0                       # 0: the library's default
-        assert _cli(*args(ckpts[0]), "--threads", "1")[0] == 0     # the option over the checkpoint's
+        assert main_in_process(capsys, *args(ckpts[1]))[0] == 0                       # the checkpoint's train.threads = 1
+        assert main_in_process(capsys, *args(ckpts[0]))[0] == 0                       # 0: the library's default
+        assert main_in_process(capsys, *args(ckpts[0]), "--threads", "1")[0] == 0     # the option over the checkpoint's
         assert seen == [1, default, 1], name
         assert blas.info()["threads"] == default                   # only while it runs
-        code, err = _cli(*args(ckpts[0]), "--threads", "-1")
+        code, _, err = main_in_process(capsys, *args(ckpts[0]), "--threads", "-1")
         assert code == 2 and err.startswith("error: ") and "--threads" in err and err.count("\n") == 1, err
 
 
