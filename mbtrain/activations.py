@@ -18,6 +18,11 @@ import numpy as np
 
 LEAKY_SLOPE = 0.01
 
+# 0, 1/2 and 1 as numpy scalars: numpy converts a Python number anew on every call, ~0.15 us of a
+# ~0.7 us call on Nielsen's 10 x 30 arrays. These values are exact in float32 and float64, and a
+# float64 array keeps its dtype against a float32 scalar, so results are the same bit for bit.
+ZERO, HALF, ONE = np.float32(0), np.float32(0.5), np.float32(1)
+
 
 class Activation(NamedTuple):
     forward: Callable      # (Z, out) -> A
@@ -27,15 +32,15 @@ class Activation(NamedTuple):
 
 def sigmoid(Z, out=None):
     # 0.5 * (1 + tanh(z / 2)) equals 1 / (1 + exp(-z)) and never overflows.
-    out = np.multiply(Z, 0.5, out=out)
+    out = np.multiply(Z, HALF, out=out)
     np.tanh(out, out=out)
-    out += 1
-    out *= 0.5
+    out += ONE
+    out *= HALF
     return out
 
 
 def sigmoid_prime(Z, A, out=None):
-    out = np.subtract(1, A, out=out)      # 1 - a
+    out = np.subtract(ONE, A, out=out)    # 1 - a
     out *= A                               # a (1 - a)
     return out
 
@@ -46,16 +51,16 @@ def tanh(Z, out=None):
 
 def tanh_prime(Z, A, out=None):
     out = np.multiply(A, A, out=out)
-    np.subtract(1, out, out=out)           # 1 - a^2
+    np.subtract(ONE, out, out=out)         # 1 - a^2
     return out
 
 
 def relu(Z, out=None):
-    return np.maximum(Z, 0, out=out)
+    return np.maximum(Z, ZERO, out=out)
 
 
 def relu_prime(Z, A, out=None):
-    return np.greater(Z, 0, out=out) if out is not None else (Z > 0).astype(Z.dtype)
+    return np.greater(Z, ZERO, out=out) if out is not None else (Z > 0).astype(Z.dtype)
 
 
 def leaky_relu(Z, out=None):
@@ -66,7 +71,7 @@ def leaky_relu(Z, out=None):
 def leaky_relu_prime(Z, A, out=None):
     if out is None:
         out = np.empty_like(Z)
-    np.greater(Z, 0, out=out)              # 1.0 where z > 0, else 0.0
+    np.greater(Z, ZERO, out=out)           # 1.0 where z > 0, else 0.0
     out *= 1 - LEAKY_SLOPE
     out += LEAKY_SLOPE
     return out

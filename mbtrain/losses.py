@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from mbtrain import rowops
-from mbtrain.activations import sigmoid
+from mbtrain.activations import ONE, sigmoid
 
 
 class Output(NamedTuple):
@@ -87,7 +87,7 @@ def sigmoid_quadratic(Z, Y, dZ=None):
     A = sigmoid(Z)
     dZ = np.subtract(A, Y, out=dZ)                             # A - Y
     loss = 0.5 * float(np.vdot(dZ, dZ)) / K
-    prime = np.subtract(1, A)
+    prime = np.subtract(ONE, A)
     prime *= A                                                 # sigma'(Z) = a (1 - a)
     dZ *= prime
     dZ /= K

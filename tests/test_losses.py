@@ -85,3 +85,27 @@ def test_count_correct_against_a_per_sample_count():
     want = sum(int(all((z > 0) == (y >= 0.5))) for z, y in zip(Z, multi))
     assert want >= 20 and tasks.count_correct(Z, multi, "multilabel") == want
     assert tasks.count_correct(Z, onehot, "regression") == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_scalar_constants_change_no_bit_and_no_dtype(dtype):
+    # activations.ZERO/HALF/ONE are float32 scalars (faster to pass than Python numbers): every
+    # activation, derivative and the sigmoid losses give exactly what the same formulas give with
+    # Python numbers, in the array's own dtype (a float64 array is not rounded through float32)
+    from mbtrain import activations
+    rng = np.random.default_rng(7)
+    Z = (rng.standard_normal((13, 9)) * 4).astype(dtype)
+    Y = (rng.random((13, 9)) < 0.5).astype(dtype)
+    a = 0.5 * (1 + np.tanh(Z * 0.5))                                       # Python numbers throughout
+    expected = {"sigmoid": (a, (1 - a) * a), "relu": (np.maximum(Z, 0), Z > 0),
+                "tanh": (np.tanh(Z), 1 - np.tanh(Z) * np.tanh(Z)),
+                "leaky_relu": (np.maximum(Z, Z * 0.01), (Z > 0) * (1 - 0.01) + 0.01)}
+    for name, (f, df) in expected.items():
+        act = activations.get(name)
+        A = act.forward(Z, out=np.empty_like(Z))
+        D = act.derivative(Z, A, out=np.empty(Z.shape, bool if act.step_derivative else dtype))
+        assert A.dtype == dtype and np.array_equal(A, f.astype(dtype)), name
+        assert np.array_equal(D, df.astype(D.dtype)), name
+    loss, dZ = losses.sigmoid_quadratic(Z, Y, np.empty_like(Z))
+    assert dZ.dtype == dtype and np.array_equal(dZ, (a - Y) * ((1 - a) * a) / 13)
+    assert loss == 0.5 * float(np.vdot(a - Y, a - Y)) / 13
