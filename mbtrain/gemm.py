@@ -253,13 +253,14 @@ def _check_axpy(y: np.ndarray, x: np.ndarray) -> None:
 
 
 def _matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = A @ B for 2-d arrays, through the selected library: numpy's matmul, or MKL's gemm.
+    """out = A @ B for 2-d arrays while MKL is selected (`matmul` below): MKL's gemm, or numpy's matmul
+    for products under MKL_MIN_WORK (library_of).
 
     A and B may be transposed views (A.T of a row-major array reads it with the transpose flag);
     out row- or column-major. Operands gemm cannot take (mixed dtypes, strided views) go to
-    numpy's matmul, whatever the library. Returns out.
+    numpy's matmul. Returns out.
     """
-    if _selected == "numpy" or library_of(out.size * A.shape[-1]) == "numpy" or not fits(A, B, out):
+    if library_of(out.size * A.shape[-1]) == "numpy" or not fits(A, B, out):
         return np.matmul(A, B, out=out)
     _product("matmul", _routine(out.dtype), out, A, False, B, False, 1.0, 0.0)
     return out
