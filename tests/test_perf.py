@@ -331,3 +331,50 @@ def test_gemm_bound_times_the_products_as_the_step_calls_them(monkeypatch):
     bench._Gemms(layers, 5, np.float32, np.random.default_rng(1), fused=True).run()
     assert added == by_model
     assert updated == [(600, 20), (12, 600), (300, 12)]
+
+
+def _fake_run(folder, a, b, nielsen, compare, fast, rss_kb):
+    """A benchmarks/measure.sh output directory holding the given figures."""
+    import json
+    import os
+    os.makedirs(folder)
+    for kind, values, key in (("bench-a", a, "vectorized_over_gemm_bound"), ("bench-b", b, "vectorized_over_gemm_bound"),
+                              ("nielsen", nielsen, "speedup_over_per_sample")):
+        for i, v in enumerate(values, 1):
+            with open(os.path.join(folder, f"{kind}-{i}.json"), "w") as f:
+                json.dump({key: v}, f)
+    (a_torch, a_sk), (b_torch, b_sk) = compare
+    with open(os.path.join(folder, "compare.txt"), "w") as f:
+        for name, torch, sk in (("A", a_torch, a_sk), ("B", b_torch, b_sk)):
+            f.write(f"setting {name}: ...\nframework   samples/s  test_acc  mbtrain is\nmbtrain       1,000    0.93  \n"
+                    f"pytorch         500    0.93  {torch:.2f}x\nsklearn         400    0.92  {sk:.2f}x\n\n")
+    for i, (seconds, acc) in enumerate(fast, 1):
+        with open(os.path.join(folder, f"fast-{i}.json"), "w") as f:
+            f.write(json.dumps({"train_seconds": seconds, "test": {"acc": acc}}) + "\n")
+    with open(os.path.join(folder, "mnist-time.txt"), "w") as f:
+        f.write(f"\tMaximum resident set size (kbytes): {rss_kb}\n")
+
+
+def test_summarize_counts_the_runs_that_meet_each_target(tmp_path, capsys):
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location("summarize", os.path.join(ROOT, "benchmarks", "summarize.py"))
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    _fake_run(tmp_path / "r1", [0.60, 0.72, 0.66], [0.91, 0.88, 0.93], [7.5, 8.5, 9.0], [(2.5, 1.9), (1.05, 1.4)],
+              [(3.0, 0.9808), (6.0, 0.9808), (2.0, 0.97)], 160 * 1024)
+    _fake_run(tmp_path / "r2", [0.80, 0.70, 0.50], [0.80, 0.95, 0.99], [8.0, 6.0, 7.0], [(1.5, 2.1), (1.2, 1.2)],
+              [(4.0, 0.9810), (4.5, 0.9808), (5.0, 0.9808)], 300 * 1024)
+    assert summarize.main([str(tmp_path / "r1"), str(tmp_path / "r2")]) == 0
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in capsys.readouterr().out.splitlines()}
+    row = lambda start: next(v for k, v in rows.items() if k.startswith(start))
+    assert "0.68 (0.50–0.80) | ≥ 0.70 | 3 of 6" in row("A (784")           # 0.70 meets >= 0.70
+    assert "0.92 (0.80–0.99) | ≥ 0.90 | 4 of 6" in row("B (784")
+    assert "7.75× (6.00×–9.00×) | ≥ 8× | 3 of 6" in row("Nielsen")
+    assert "2.00× (1.50×–2.50×) | ≥ 2.0× | 1 of 2" in row("A: × PyTorch")
+    assert "| 1 of 2 |" in row("A: × scikit-learn") and "| 1 of 2 |" in row("B: × PyTorch")
+    assert "| 1 of 2 |" in row("B: × scikit-learn")                          # 1.2 < 1.3 <= 1.4
+    assert "230 MB (160 MB–300 MB) | ≤ 250 MB | 1 of 2" in row("peak RSS")
+    assert "4.75 s (3.00 s–under 98 %) | ≤ 5 s | 4 of 6" in row("`configs/mnist-fast")   # 6 s and 97 % miss
+    assert summarize.main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
