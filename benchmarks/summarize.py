@@ -42,8 +42,13 @@ TARGETS = {
 }
 
 
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def _json_runs(folder: str, kind: str) -> list[dict]:
-    return [json.load(open(f, encoding="utf-8")) for f in sorted(glob.glob(os.path.join(folder, f"{kind}-[0-9].json")))]
+    return [json.loads(_read(f)) for f in sorted(glob.glob(os.path.join(folder, f"{kind}-[0-9].json")))]
 
 
 def _compare(folder: str) -> dict[str, float]:
@@ -52,7 +57,7 @@ def _compare(folder: str) -> dict[str, float]:
     if not os.path.exists(path):
         return {}
     found = {}
-    for block in open(path, encoding="utf-8").read().split("setting ")[1:]:
+    for block in _read(path).split("setting ")[1:]:
         setting = block[0].lower()
         for framework, key in (("pytorch", "torch"), ("sklearn", "sklearn")):
             m = re.search(rf"^{framework}\s+\S+\s+\S+\s+([\d.]+)x", block, re.M)
@@ -64,10 +69,10 @@ def _compare(folder: str) -> dict[str, float]:
 def _peak_rss_mb(folder: str) -> float | None:
     path = os.path.join(folder, "mnist-rss.json")
     if os.path.exists(path):
-        return json.load(open(path, encoding="utf-8"))["peak_rss_mb"]
+        return json.loads(_read(path))["peak_rss_mb"]
     path = os.path.join(folder, "mnist-time.txt")          # /usr/bin/time -v, as earlier runs measured it
     if os.path.exists(path):
-        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(path, encoding="utf-8").read())
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", _read(path))
         return int(m.group(1)) / 1024 if m else None
     return None
 
@@ -76,7 +81,7 @@ def _fast(folder: str) -> list[tuple[float, float]]:
     """(train_seconds, test accuracy) of each mnist-fast run."""
     runs = []
     for f in sorted(glob.glob(os.path.join(folder, "fast-[0-9].json"))):
-        summary = json.loads(open(f, encoding="utf-8").read().strip().splitlines()[-1])
+        summary = json.loads(_read(f).strip().splitlines()[-1])
         runs.append((summary["train_seconds"], summary["test"]["acc"]))
     return runs
 
@@ -85,7 +90,7 @@ def _probes(folder: str) -> list[float]:
     ms = []
     for moment in ("start", "mid", "end"):
         path = os.path.join(folder, f"probe-{moment}.txt")
-        m = re.search(r"median ([\d.]+) ms", open(path).read()) if os.path.exists(path) else None
+        m = re.search(r"median ([\d.]+) ms", _read(path)) if os.path.exists(path) else None
         if m:
             ms.append(float(m.group(1)))
     return ms
