@@ -277,7 +277,7 @@ def table(result: dict) -> str:
             f"{r['dtype']}, {r['optimizer']}{fused}; {r['repeats']} repeats of {r['steps']} steps "
             f"({r['per_sample_steps']} per-sample); BLAS {lib['library']} {lib['version']}"
             + (f" ({lib['architecture']})" if lib["architecture"] else "")
-            + f", {lib['threads']} threads"
+            + f", {lib['threads']} thread{'' if lib['threads'] == 1 else 's'}"
             + (f" (products under {gemm.MKL_MIN_WORK:,} multiply-adds on numpy's)"
                if lib["library"] == "mkl" else ""))
     rows = [("", "samples/s", "step ms", "ratio")]

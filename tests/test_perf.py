@@ -95,6 +95,7 @@ def test_bench_trains_through_dropout_masks_as_fit_does(tiny_config, monkeypatch
     seen.clear()
     r = bench.run(load_config(tiny_config, ["train.threads=1"]), steps=2, repeats=1)
     assert r["dropout"] == 0 and seen and all(m is None for m in seen)
+    assert ", 1 thread" in bench.table(r) and "1 threads" not in bench.table(r)
 
 
 def test_flops_count_three_products_per_layer_but_the_first():
