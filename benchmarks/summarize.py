@@ -26,6 +26,7 @@ class Target(NamedTuple):
     minimum: float | None          # met when the figure is >= minimum (None: a maximum, below)
     maximum: float | None = None   # met when the figure is <= maximum
     unit: str = ""
+    spec: str = ".2f"              # how a figure is printed
 
 
 TARGETS = {
@@ -36,7 +37,7 @@ TARGETS = {
     "b_torch": Target("B: × PyTorch", "≥ 1.1×", 1.1, unit="×"),
     "b_sklearn": Target("B: × scikit-learn", "≥ 1.3×", 1.3, unit="×"),
     "nielsen": Target("Nielsen ch. 1 (784-30-10 sigmoid, batch 10): × the per-sample loop", "≥ 8×", 8.0, unit="×"),
-    "rss": Target("peak RSS of `mbtrain fit configs/mnist.yaml`", "≤ 250 MB", None, 250.0, " MB"),
+    "rss": Target("peak RSS of `mbtrain fit configs/mnist.yaml`", "≤ 250 MB", None, 250.0, " MB", ".0f"),
     "fast": Target("`configs/mnist-fast.yaml`: seconds of training to its test accuracy (≥ 98 %)", "≤ 5 s",
                    None, 5.0, " s"),
 }
@@ -114,10 +115,10 @@ def met(target: Target, value: float) -> bool:
     return value >= target.minimum if target.minimum is not None else value <= target.maximum
 
 
-def _fmt(value: float, unit: str) -> str:
+def _fmt(value: float, target: Target) -> str:
     if value == float("inf"):
         return "under 98 %"
-    return f"{value:.2f}{unit}" if unit != " MB" else f"{value:.0f}{unit}"
+    return f"{value:{target.spec}}{target.unit}"
 
 
 def table(folders: list[str]) -> str:
@@ -133,8 +134,8 @@ def table(folders: list[str]) -> str:
             lines.append(f"| {target.name} | no figures | {target.goal} | |")
             continue
         median = statistics.median(values)
-        lines.append(f"| {target.name} | {_fmt(median, target.unit)} ({_fmt(min(values), target.unit)}–"
-                     f"{_fmt(max(values), target.unit)}) | {target.goal} | "
+        lines.append(f"| {target.name} | {_fmt(median, target)} ({_fmt(min(values), target)}–"
+                     f"{_fmt(max(values), target)}) | {target.goal} | "
                      f"{sum(met(target, v) for v in values)} of {len(values)} |")
     return "\n".join(lines)
 
@@ -144,7 +145,7 @@ def run_line(folder: str) -> str:
     f = figures(folder)
     parts = [f"{os.path.basename(os.path.normpath(folder))}: probe {', '.join(f'{p:.1f}' for p in _probes(folder))} ms"]
     for key in ("a_bound", "b_bound", "nielsen", "a_torch", "a_sklearn", "b_torch", "b_sklearn", "fast", "rss"):
-        parts.append(f"{key} {', '.join(_fmt(v, TARGETS[key].unit) for v in f[key])}")
+        parts.append(f"{key} {', '.join(_fmt(v, TARGETS[key]) for v in f[key])}")
     return "; ".join(parts)
 
 
