@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import functools
 import weakref
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -46,6 +47,7 @@ _SYMBOLS = [("scipy_cblas_{}gemm64_", ctypes.c_int64), ("cblas_{}gemm64_", ctype
             ("scipy_cblas_{}gemm", ctypes.c_int), ("cblas_{}gemm", ctypes.c_int)]
 _TYPES = {np.dtype(np.float32): ("s", ctypes.c_float), np.dtype(np.float64): ("d", ctypes.c_double)}
 _AXPY_SYMBOLS = [(t.replace("gemm", "axpy"), i) for t, i in _SYMBOLS]
+_AXPBY_SYMBOLS = [(t.replace("gemm", "axpby"), i) for t, i in _SYMBOLS]   # an extension OpenBLAS and MKL have
 
 
 LIBRARIES = ("numpy", "mkl")
@@ -206,6 +208,40 @@ def _agrees_with_numpy(fn, dtype: np.dtype) -> bool:
     except Exception:                               # noqa: BLE001 - any failure means: use numpy
         return False
     return bool(np.allclose(C, expected, rtol=1e-5, atol=1e-5))
+
+
+@functools.lru_cache(maxsize=None)
+def _axpby_routine(dtype: np.dtype):
+    """The ctypes axpby (y = alpha x + beta y) for dtype, checked against numpy, or None."""
+    P = ctypes.c_void_p
+    return _find(dtype, _AXPBY_SYMBOLS,
+                 lambda integer, scalar: [integer, scalar, P, integer, scalar, P, integer],
+                 _axpby_agrees_with_numpy)
+
+
+def _axpby_agrees_with_numpy(fn, dtype: np.dtype) -> bool:
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal(7).astype(dtype), rng.standard_normal(7).astype(dtype)
+    expected = -0.5 * x + 0.25 * y
+    try:
+        fn(len(y), -0.5, x.ctypes.data, 1, 0.25, y.ctypes.data, 1)
+    except Exception:                               # noqa: BLE001 - any failure means: use numpy
+        return False
+    return bool(np.allclose(y, expected, rtol=1e-5, atol=1e-5))
+
+
+class Level1(NamedTuple):
+    """numpy's BLAS axpy and axpby for one dtype, called on addresses: axpy(n, alpha, x, 1, y, 1)
+    makes y = alpha x + y, axpby(n, alpha, x, 1, beta, y, 1) makes y = alpha x + beta y, over n
+    contiguous entries. For plans that resolve their arrays once (mbtrain.optim's SGD step)."""
+    axpy: Callable
+    axpby: Callable
+
+
+def level1(dtype) -> Level1 | None:
+    """Level1 for arrays of dtype, or None where numpy's BLAS lacks either routine."""
+    axpy, axpby = _axpy_routine(np.dtype(dtype)), _axpby_routine(np.dtype(dtype))
+    return Level1(axpy, axpby) if axpy is not None and axpby is not None else None
 
 
 def available(dtype) -> bool:
