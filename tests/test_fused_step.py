@@ -15,8 +15,10 @@ needs_gemm = pytest.mark.skipif(not gemm.available(np.float32), reason="numpy's 
 
 @pytest.fixture(autouse=True)
 def fuse_small_networks(monkeypatch):
-    """These tests' networks are tiny; fuse them anyway (auto fuses from FUSE_MIN_WEIGHTS weights a layer)."""
+    """These tests' networks are tiny; fuse them anyway (auto fuses from FUSE_MIN_WEIGHTS weights a layer),
+    and let the general path vouch (from VOUCH_MIN_PARAMS parameters)."""
     monkeypatch.setattr(step, "FUSE_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(step, "VOUCH_MIN_PARAMS", 0)
 
 
 @needs_gemm
@@ -255,7 +257,7 @@ def test_when_the_guard_cannot_vouch_the_step_forms_the_gradients(monkeypatch):
 
 @needs_gemm
 @pytest.mark.parametrize("with_dropout", [False, True])
-def test_the_squares_the_model_notes_for_the_guard_are_those_of_its_arrays(with_dropout):
+def test_the_squares_the_model_notes_for_the_guard_are_those_of_its_arrays(monkeypatch, with_dropout):
     """A fused step's model notes ||A_prev||^2 of each hidden layer's input (dropped out, when masks
     are given) and ||dZ||^2 of each error as it writes them; they equal fresh dot products of the
     arrays the update then reads, and the step's verdict is the voucher's on those arrays."""
@@ -274,7 +276,13 @@ def test_the_squares_the_model_notes_for_the_guard_are_those_of_its_arrays(with_
         assert model.error_squares == [float(np.vdot(dZ, dZ)) for dZ in model.dZ]
     unfused = _model(np.float32)
     step.TrainStep(unfused, optim.SGD(unfused.params, lr=0.3, momentum=0.9))
-    assert not unfused.squares                         # only a fused step pays for them
+    assert unfused.squares                             # the general path vouches from them too ...
+    clipped = _model(np.float32)
+    step.TrainStep(clipped, optim.SGD(clipped.params, lr=0.3, momentum=0.9), clip_norm=1.0)
+    assert not clipped.squares                         # ... but clipping needs the gradients' norm
+    monkeypatch.setattr(step, "VOUCH_MIN_PARAMS", sum(p.size for p in unfused.params) + 1)
+    step.TrainStep(unfused, optim.SGD(unfused.params, lr=0.3, momentum=0.9))
+    assert not unfused.squares                         # a pass over this few gradients costs less
 
 
 @needs_gemm
@@ -353,3 +361,40 @@ def test_axpy_plan_updates_every_pair_and_checks_them_once():
         np.testing.assert_allclose(y, e, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError):
         gemm.AxpyPlan([(ys[0], xs[2])])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_the_general_path_checks_the_gradients_only_where_the_errors_cannot_vouch_for_them(monkeypatch, name):
+    """Momentum SGD or Adam, no clipping: the errors and inputs vouch for ordinary batches (no pass over
+    the gradients, the same weights as checking them); a batch whose ||X||^2 overflows float32 is
+    checked the usual way and trains; one that makes the loss non-finite stops with nothing changed."""
+    checks = []
+    real = guard.check_step
+    monkeypatch.setattr(step.guard, "check_step", lambda *a, **k: (checks.append(1), real(*a, **k))[1])
+    make = lambda m: (optim.SGD(m.params, lr=0.3, momentum=0.9, nesterov=True, weight_decay=1e-3) if name == "sgd"
+                      else optim.Adam(m.params, lr=1e-3, weight_decay=1e-3))
+    model, ref = _model(np.float32), _model(np.float32)
+    vouching, checking = step.TrainStep(model, make(model)), step.TrainStep(ref, make(ref))
+    checking.vouches = ref.squares = False                       # always the pass over the gradients
+    batches = _batches(np.float32)
+    for X, Y in batches:
+        vouching(X, Y)
+    assert checks == []
+    for X, Y in batches:
+        checking(X, Y)
+    assert len(checks) == len(batches)
+    for a, b in zip(model.params, ref.params):
+        np.testing.assert_array_equal(a, b)
+    checks.clear()
+    X, Y = batches[0]
+    big = X * np.float32(1e19)                                    # ||X||^2 ~ 1e38 K n: inf in float32
+    assert not np.isfinite(np.vdot(big, big))
+    before = [p.copy() for p in model.params]
+    assert np.isfinite(vouching(big, Y))
+    assert checks == [1] and all(np.isfinite(p).all() for p in model.params)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.params))   # the step was taken
+    before = [p.copy() for p in model.params]
+    with pytest.raises(Diverged):
+        vouching(np.full_like(X, np.nan), Y)
+    for a, b in zip(before, model.params):
+        np.testing.assert_array_equal(a, b)
