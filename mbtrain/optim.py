@@ -22,6 +22,7 @@ AdamW (Loshchilov & Hutter 2019): Adam on g = dW, after the decoupled decay W -=
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -112,11 +113,53 @@ class SGD:
             v[...] = arrays[f"velocity{i}"]
 
 
+class _ArrayPieces:
+    """Matching 1-D pieces of each parameter array and of its gradient and state arrays, array by
+    array (a piece is all weights or all biases), for steps made of BLAS level-1 calls
+    (mbtrain.gemm.level1) and numpy calls on scratch arrays. Resolved once per grads list.
+
+    Each piece is (n, weight?, views, addresses): the views (W, g, *state) of n entries each, in
+    memory order, and their data addresses.
+    """
+
+    # entries per piece: three to five operands of 512 KiB stay in a core's L2; smaller pieces cost
+    # more calls (SGD with Nesterov and decay over mnist.yaml's 407,056 parameters: 380 us in pieces
+    # of 32,768 float32, 869 in pieces of 4,096), the whole array at once 550 us on one thread
+    PIECE_BYTES = 1 << 19
+
+    def __init__(self, params: list[np.ndarray], *state: list[np.ndarray]):
+        self.params, self.state = params, state
+        self._grads: tuple = ()
+        self._pieces: list = []
+
+    def largest(self) -> int:
+        """The most entries a piece can have (a scratch array's size)."""
+        return min(self.PIECE_BYTES // self.params[0].itemsize, max(p.size for p in self.params))
+
+    def __call__(self, grads: list[np.ndarray]) -> list[tuple]:
+        if len(grads) == len(self._grads) and all(map(operator.is_, grads, self._grads)):
+            return self._pieces
+        per = self.PIECE_BYTES // self.params[0].itemsize
+        pieces = []
+        for i, p in enumerate(self.params):
+            group = [p, grads[i]] + [s[i] for s in self.state]
+            if len({flat.order(a) for a in group}) > 1 or not all(a.flags.forc for a in group) \
+                    or grads[i].dtype != p.dtype or grads[i].shape != p.shape:
+                raise ValueError(f"optimizer step: gradient {i} ({grads[i].shape}, {grads[i].dtype}) does "
+                                 f"not match its parameter ({p.shape}, {p.dtype}) in shape, dtype and layout")
+            wholes = [a.reshape(-1, order="A") for a in group]          # memory order: views
+            for start in range(0, p.size, per):
+                views = tuple(w[start:start + per] for w in wholes)
+                pieces.append((views[0].size, i % 2 == 0, views, tuple(v.ctypes.data for v in views)))
+        self._grads, self._pieces = tuple(grads), pieces
+        return pieces
+
+
 class _Level1Step:
     """SGD's step with momentum and/or L2 weight decay as BLAS level-1 calls (mbtrain.gemm.level1).
 
     With g = dW and d = lambda on weights, 0 on biases (coupled decay, as _coupled_l2), per piece
-    of each array:
+    of each array (_ArrayPieces):
 
         v = mu v + g              axpby
         v += d W                  axpy             v = mu v + (g + d W)
@@ -131,41 +174,17 @@ class _Level1Step:
     on its own, so the result does not depend on the number of threads.
     """
 
-    # entries per BLAS call: three operands of 512 KiB stay in a core's L2; smaller pieces cost
-    # more calls (32,768 float32: 380 us above, 4,096: 869), the whole array at once 550 us on one thread
-    PIECE_BYTES = 1 << 19
-
     def __init__(self, params: list[np.ndarray], velocity: list[np.ndarray], routines: gemm.Level1):
-        self.params, self.velocity, self.blas = params, velocity, routines
-        self._grads: tuple = ()
-        self._calls: list = []
-
-    def _resolve(self, grads: list[np.ndarray]) -> list[tuple]:
-        """(n, address of W, g, v (or 0), weight?) per piece; made once per grads list."""
-        if len(grads) == len(self._grads) and all(map(operator.is_, grads, self._grads)):
-            return self._calls
-        per = self.PIECE_BYTES // self.params[0].itemsize
-        calls = []
-        for i, p in enumerate(self.params):
-            group = [p, grads[i]] + ([self.velocity[i]] if self.velocity else [])
-            if len({flat.order(a) for a in group}) > 1 or not all(a.flags.forc for a in group) \
-                    or grads[i].dtype != p.dtype or grads[i].shape != p.shape:
-                raise ValueError(f"SGD step: gradient {i} ({grads[i].shape}, {grads[i].dtype}) does not "
-                                 f"match its parameter ({p.shape}, {p.dtype}) in shape, dtype and layout")
-            wholes = [a.reshape(-1, order="A") for a in group]          # memory order: views
-            for s in range(0, p.size, per):
-                pieces = [w[s:s + per] for w in wholes]
-                addresses = [a.ctypes.data for a in pieces] + ([0] if not self.velocity else [])
-                calls.append((pieces[0].size, *addresses, i % 2 == 0))
-        self._grads, self._calls = tuple(grads), calls
-        return calls
+        self.blas = routines
+        self.pieces = _ArrayPieces(params, *([velocity] if velocity else []))
 
     def __call__(self, grads: list[np.ndarray], lr: float, momentum: float, nesterov: bool,
                  weight_decay: float) -> None:
         axpy, axpby = self.blas
-        for n, W, g, v, weight in self._resolve(grads):
+        for n, weight, _, (W, g, *v) in self.pieces(grads):
             d = weight_decay if weight else 0.0
             if momentum:
+                v = v[0]
                 axpby(n, 1.0, g, 1, momentum, v, 1)                 # v = mu v + g
                 if d:
                     axpy(n, d, W, 1, v, 1)                          # v += d W
@@ -180,6 +199,17 @@ class _Level1Step:
                 axpy(n, -lr * momentum, v, 1, W, 1)                 # W -= lr mu v (Nesterov)
 
 
+class _Scratch:
+    """Scratch arrays of a piece's size and their addresses: views of the first n entries."""
+
+    def __init__(self, pieces: _ArrayPieces, dtype, count: int):
+        self.arrays = [np.empty(pieces.largest(), dtype) for _ in range(count)]
+        self.addresses = [a.ctypes.data for a in self.arrays]
+
+    def __call__(self, n: int) -> list[np.ndarray]:
+        return [a[:n] for a in self.arrays]
+
+
 def _add_l2(params: list[np.ndarray], grads: list[np.ndarray], weight_decay: float,
             out: list[np.ndarray]) -> list[np.ndarray]:
     """out = grads with the coupled L2 term (_coupled_l2) of every array; returns out."""
@@ -192,8 +222,9 @@ def _coupled_l2(p: np.ndarray, dp: np.ndarray, i: int, weight_decay: float,
                 out: np.ndarray | None = None) -> np.ndarray:
     """g = dW + lambda W for weights (even i), dp itself for biases or lambda = 0 (into `out` when given).
 
-    The one place the coupled L2 term is computed as an array: every optimizer and `mbtrain gradcheck`
-    use it, but SGD's _Level1Step, which folds lambda W into its BLAS calls.
+    The one place the coupled L2 term is computed as an array (for a whole array or a weight piece):
+    every optimizer and `mbtrain gradcheck` use it, but SGD's _Level1Step, which folds lambda W into
+    its BLAS calls.
     """
     if not (weight_decay and i % 2 == 0):
         if out is None:
@@ -219,15 +250,41 @@ class RMSprop:
     name = "rmsprop"
 
     def __init__(self, params: list[np.ndarray], lr: float, decay: float = 0.9, eps: float = 1e-7,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, level1: bool = True):
         self.params, self.lr = params, lr
         self.decay, self.eps, self.weight_decay = decay, eps, weight_decay
         self.square_avg = flat.zeros_like(params)
+        self.blas = gemm.level1(params[0].dtype) if level1 else None
+        if self.blas is not None:
+            self._array_pieces = _ArrayPieces(params, self.square_avg)
+            self._blas_scratch = _Scratch(self._array_pieces, params[0].dtype, 3)
+            return
         self._g = flat.zeros_like(params) if weight_decay else []
         self._pieces = _Pieces(params, self.square_avg)
         self._scratch = _scratch(params, 2)
 
+    def _blas_step(self, grads: list[np.ndarray]) -> None:
+        """The step with BLAS axpby/axpy for the sums (six passes a piece where numpy makes nine):
+        g^2, s = (1 - rho) g^2 + rho s, sqrt(s) + eps, g / it, W -= lr times that."""
+        axpy, axpby = self.blas
+        f = self.params[0].dtype.type
+        eps = f(self.eps)
+        A = self._blas_scratch.addresses[0]
+        for n, weight, (w, g, s), (W, _, S) in self._array_pieces(grads):
+            a, b, c = self._blas_scratch(n)
+            if weight and self.weight_decay:
+                g = _coupled_l2(w, g, 0, self.weight_decay, out=c)   # g + lambda W (a weight piece)
+            np.multiply(g, g, out=a)
+            axpby(n, 1.0 - self.decay, A, 1, self.decay, S, 1)      # s = rho s + (1 - rho) g^2
+            np.sqrt(s, out=b)
+            b += eps
+            np.divide(g, b, out=a)
+            axpy(n, -self.lr, A, 1, W, 1)                          # W -= lr g / (sqrt(s) + eps)
+
     def step(self, grads: list[np.ndarray]) -> None:
+        if self.blas is not None:
+            self._blas_step(grads)
+            return
         f = self.params[0].dtype.type
         lr, rho, eps = f(self.lr), f(self.decay), f(self.eps)
         if self.weight_decay:
@@ -255,19 +312,60 @@ class Adam:
     decoupled = False
 
     def __init__(self, params: list[np.ndarray], lr: float, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8, weight_decay: float = 0.0):
+                 eps: float = 1e-8, weight_decay: float = 0.0, level1: bool = True):
         self.params, self.lr = params, lr
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
         self.m = flat.zeros_like(params)
         self.v = flat.zeros_like(params)
         self.t = 0                                             # steps taken, for bias correction
+        self.blas = gemm.level1(params[0].dtype) if level1 else None
+        if self.blas is not None:
+            self._array_pieces = _ArrayPieces(params, self.m, self.v)
+            self._blas_scratch = _Scratch(self._array_pieces, params[0].dtype, 3)
+            return
         self._g = flat.zeros_like(params) if weight_decay and not self.decoupled else []
         self._pieces = _Pieces(params, self.m, self.v)
         self._scratch = _scratch(params, 2)
 
+    def _blas_step(self, grads: list[np.ndarray]) -> None:
+        """The step with BLAS axpby/axpy for the sums (seven passes a piece where numpy makes 14),
+        with the bias corrections outside the passes, as torch.optim.Adam does:
+
+            m = (1 - b1) g + b1 m;  v = (1 - b2) g^2 + b2 v                         axpby, axpby
+            W -= lr sqrt(c2) / c1 * m / (sqrt(v) + eps sqrt(c2))                    axpy (axpby with AdamW's decay)
+
+        which is lr (m / c1) / (sqrt(v / c2) + eps), c = 1 - b^t, up to rounding.
+        """
+        axpy, axpby = self.blas
+        f = self.params[0].dtype.type
+        t = self.t
+        root2 = math.sqrt(1 - self.beta2 ** t)
+        step = self.lr * root2 / (1 - self.beta1 ** t)
+        eps = f(self.eps * root2)
+        shrink = 1.0 - self.lr * self.weight_decay              # AdamW: W -= lr lambda W
+        A = self._blas_scratch.addresses[0]
+        for n, weight, (w, g, m, v), (W, G, M, V) in self._array_pieces(grads):
+            a, b, c = self._blas_scratch(n)
+            if weight and self.weight_decay and not self.decoupled:
+                g = _coupled_l2(w, g, 0, self.weight_decay, out=c)   # g + lambda W (a weight piece)
+                G = self._blas_scratch.addresses[2]
+            axpby(n, 1.0 - self.beta1, G, 1, self.beta1, M, 1)      # m = b1 m + (1 - b1) g
+            np.multiply(g, g, out=a)
+            axpby(n, 1.0 - self.beta2, A, 1, self.beta2, V, 1)      # v = b2 v + (1 - b2) g^2
+            np.sqrt(v, out=b)
+            b += eps
+            np.divide(m, b, out=a)
+            if weight and self.weight_decay and self.decoupled:
+                axpby(n, -step, A, 1, shrink, W, 1)                 # W = (1 - lr lambda) W - step m / (...)
+            else:
+                axpy(n, -step, A, 1, W, 1)                          # W -= step m / (sqrt(v) + eps')
+
     def step(self, grads: list[np.ndarray]) -> None:
         f = self.params[0].dtype.type
         self.t += 1
+        if self.blas is not None:
+            self._blas_step(grads)
+            return
         b1, b2, eps, lr = f(self.beta1), f(self.beta2), f(self.eps), f(self.lr)
         # the corrections in float64 then cast once, so 1 - b^t is not rounded to float32 first
         correct1, correct2 = f(1 - self.beta1 ** self.t), f(1 - self.beta2 ** self.t)

@@ -126,14 +126,14 @@ def test_the_axpy_step_is_numpys_up_to_rounding_on_a_packed_model(monkeypatch, d
 def test_the_level1_step_is_numpys_up_to_rounding_on_a_packed_model(monkeypatch, dtype, momentum, nesterov,
                                                                      weight_decay):
     """Pieces of 1,000 entries (not a divisor of any array's size) over a column-major W0."""
-    monkeypatch.setattr(optim._Level1Step, "PIECE_BYTES", 1000 * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(optim._ArrayPieces, "PIECE_BYTES", 1000 * np.dtype(dtype).itemsize)
     nets = packed_nets(dtype, 2)
     opts = [SGD(net.params, lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                 level1=level1) for net, level1 in zip(nets, (False, True))]
     assert opts[0].level1 is None and opts[1].level1 is not None
     grads = [g.copy() for g in nets[1].grads]
     train_side_by_side(nets, opts)
-    pieces = opts[1].level1._calls
+    pieces = opts[1].level1.pieces._pieces
     assert len(pieces) == sum(-(-p.size // 1000) for p in nets[1].params)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for a, b in zip(nets[0].params + opts[0].velocity, nets[1].params + opts[1].velocity):

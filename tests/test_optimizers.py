@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 
-from mbtrain import optim
+from mbtrain import gemm, optim
 from mbtrain.config import load_config
+
+# numpy's passes, and BLAS axpy/axpby for the sums where numpy's BLAS has them
+LEVEL1 = [False] + ([True] if gemm.level1(np.float64) is not None and gemm.level1(np.float32) is not None else [])
 
 
 def _params(seed=0, dtype=np.float64):
@@ -23,9 +26,12 @@ def _run(opt, steps=4):
     return opt.params
 
 
-def test_rmsprop_matches_formula():
+@pytest.mark.parametrize("level1", LEVEL1)
+def test_rmsprop_matches_formula(level1):
     lr, rho, eps, wd = 0.01, 0.9, 1e-7, 0.05
-    got = _run(optim.RMSprop(_params(), lr, rho, eps, wd))
+    opt = optim.RMSprop(_params(), lr, rho, eps, wd, level1=level1)
+    assert (opt.blas is not None) == level1
+    got = _run(opt)
     want = _params()
     s = [np.zeros_like(p) for p in want]
     for step in range(4):
@@ -37,11 +43,14 @@ def test_rmsprop_matches_formula():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("level1", LEVEL1)
 @pytest.mark.parametrize("decoupled", [False, True])
-def test_adam_and_adamw_match_formula(decoupled):
+def test_adam_and_adamw_match_formula(decoupled, level1):
     lr, b1, b2, eps, wd = 0.01, 0.9, 0.999, 1e-8, 0.1
     cls = optim.AdamW if decoupled else optim.Adam
-    got = _run(cls(_params(), lr, b1, b2, eps, wd))
+    opt = cls(_params(), lr, b1, b2, eps, wd, level1=level1)
+    assert (opt.blas is not None) == level1
+    got = _run(opt)
     want = _params()
     m = [np.zeros_like(p) for p in want]
     v = [np.zeros_like(p) for p in want]
@@ -125,7 +134,7 @@ def test_adaptive_steps_into_scratch_give_the_expressions_numbers_bit_for_bit(na
     params = init_params([300, 200, 10], "he", "zeros", "relu", np.random.default_rng(0), np.float32)
     model = MLP(params, "relu", "softmax_cross_entropy")
     opt = {"rmsprop": optim.RMSprop, "adam": optim.Adam, "adamw": optim.AdamW}[name](
-        model.params, 0.01, weight_decay=0.001)
+        model.params, 0.01, weight_decay=0.001, level1=False)
     assert len(opt._pieces(model.grads)) >= 2
     want = [p.copy() for p in model.params]
     f = np.float32
@@ -156,3 +165,32 @@ def test_adaptive_steps_into_scratch_give_the_expressions_numbers_bit_for_bit(na
                 p -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
         for got, exp in zip(model.params, want):
             assert got.dtype == np.float32 and np.array_equal(got, exp), (name, t)
+
+
+@pytest.mark.skipif(len(LEVEL1) < 2, reason="numpy's BLAS axpy/axpby not found")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["rmsprop", "adam", "adamw"])
+def test_adaptive_steps_through_blas_equal_numpys_up_to_rounding(monkeypatch, name, dtype):
+    """Over a packed model with a column-major W0, in pieces of 1,000 entries (no array's size a
+    multiple), with weight decay: the BLAS step's parameters and state against numpy's."""
+    from mbtrain.model import MLP, init_params
+    monkeypatch.setattr(optim._ArrayPieces, "PIECE_BYTES", 1000 * np.dtype(dtype).itemsize)
+    models = [MLP(init_params([300, 200, 10], "he", "zeros", "relu", np.random.default_rng(0), dtype),
+                  "relu", "softmax_cross_entropy") for _ in range(2)]
+    cls = {"rmsprop": optim.RMSprop, "adam": optim.Adam, "adamw": optim.AdamW}[name]
+    opts = [cls(m.params, 0.01, weight_decay=0.01, level1=level1) for m, level1 in zip(models, (False, True))]
+    for t in range(5):
+        grads = [np.random.default_rng(t * 10 + i).standard_normal(p.shape).astype(dtype)
+                 for i, p in enumerate(models[0].params)]
+        for model, opt in zip(models, opts):
+            for g, out in zip(grads, model.grads):
+                out[...] = g
+            opt.step(model.grads)
+        for g, out in zip(grads, models[1].grads):               # the gradients are read, not written
+            np.testing.assert_array_equal(out, g)
+    assert len(opts[1]._array_pieces(models[1].grads)) == sum(-(-p.size // 1000) for p in models[1].params)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(opts[0].params, opts[1].params):
+        np.testing.assert_allclose(b, a, rtol=tol, atol=tol)
+    for key, a in opts[0].state().items():
+        np.testing.assert_allclose(opts[1].state()[key], a, rtol=tol, atol=tol, err_msg=key)
