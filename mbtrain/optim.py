@@ -49,6 +49,41 @@ class _Pieces:
         return self._pieces
 
 
+# Optimizer state decays geometrically where a gradient stays exactly zero (a dead ReLU unit, a
+# pixel that is blank in every image): v = mu v reaches float32's subnormal range (below 2^-126)
+# after a few hundred steps and then stays there, since 0.9 times the smallest subnormal rounds
+# back to it. x86 computes on subnormals ~100x slower: mnist-fast's optimizer step took ~190 us
+# up to step 700 and ~900 us from step 800 on, with ~10,000 subnormal velocities
+# (/work/notes/s11/optctx.py). So every FLUSH_EVERY steps, state entries smaller in magnitude than
+# FLUSH_BELOW are set to zero: from there a step moves no weight (lr mu v is far below a weight's
+# last bit), and with mu >= 0.7 an entry takes over 100 steps to decay from there to a subnormal.
+FLUSH_EVERY = 32
+FLUSH_BELOW = {np.dtype(np.float32): 2.0 ** -100, np.dtype(np.float64): 2.0 ** -1000}
+
+
+class _Flush:
+    """Every FLUSH_EVERY optimizer steps, zero the state entries below FLUSH_BELOW (see above).
+
+    The count is the optimizer's `steps`: a resumed fit sets it to the checkpoint's global step, so
+    a resumed run flushes at the same steps as one never interrupted.
+    """
+
+    def __init__(self, state: list[list[np.ndarray]]):
+        self.pieces = [piece for arrays in state if arrays for (piece,) in flat.segments(arrays)]
+        largest = max((p.size for p in self.pieces), default=0)
+        dtype = self.pieces[0].dtype if self.pieces else np.dtype(np.float32)
+        self.below = dtype.type(FLUSH_BELOW[np.dtype(dtype)])
+        self._magnitude, self._tiny = np.empty(largest, dtype), np.empty(largest, bool)
+
+    def __call__(self, steps: int) -> None:
+        if steps % FLUSH_EVERY:
+            return
+        for x in self.pieces:
+            magnitude, tiny = self._magnitude[:x.size], self._tiny[:x.size]
+            np.less(np.abs(x, out=magnitude), self.below, out=tiny)
+            np.putmask(x, tiny, 0)
+
+
 class SGD:
     """SGD with optional momentum, Nesterov and L2 weight decay; lr is set per step by the loop.
 
@@ -73,15 +108,23 @@ class SGD:
         self.velocity = flat.zeros_like(params) if momentum else []
         routines = gemm.level1(params[0].dtype) if (momentum or weight_decay) and level1 else None
         self.level1 = _Level1Step(params, self.velocity, routines) if routines else None
+        self.steps = 0                                           # steps taken (the flush's count)
+        self._flush = _Flush([self.velocity])
         # scratch, so a step allocates nothing: g with weight decay, and the scaled step of a piece
         self._g = flat.zeros_like(params) if weight_decay else []
         self._step = np.empty(flat.largest_piece(params), params[0].dtype)
         self._pieces = _Pieces(params, *([self.velocity] if momentum else []))
 
     def step(self, grads: list[np.ndarray]) -> None:
+        self.steps += 1
         if self.level1 is not None:
             self.level1(grads, self.lr, self.momentum, self.nesterov, self.weight_decay)
-            return
+        else:
+            self._numpy_step(grads)
+        if self.momentum:
+            self._flush(self.steps)
+
+    def _numpy_step(self, grads: list[np.ndarray]) -> None:
         lr = self.params[0].dtype.type(self.lr)
         if self.weight_decay:
             grads = _add_l2(self.params, grads, self.weight_decay, self._g)
@@ -254,6 +297,8 @@ class RMSprop:
         self.params, self.lr = params, lr
         self.decay, self.eps, self.weight_decay = decay, eps, weight_decay
         self.square_avg = flat.zeros_like(params)
+        self.steps = 0                                           # steps taken (the flush's count)
+        self._flush = _Flush([self.square_avg])
         self.blas = gemm.level1(params[0].dtype) if level1 else None
         if self.blas is not None:
             self._array_pieces = _ArrayPieces(params, self.square_avg)
@@ -282,9 +327,14 @@ class RMSprop:
             axpy(n, -self.lr, A, 1, W, 1)                          # W -= lr g / (sqrt(s) + eps)
 
     def step(self, grads: list[np.ndarray]) -> None:
+        self.steps += 1
         if self.blas is not None:
             self._blas_step(grads)
-            return
+        else:
+            self._numpy_step(grads)
+        self._flush(self.steps)
+
+    def _numpy_step(self, grads: list[np.ndarray]) -> None:
         f = self.params[0].dtype.type
         lr, rho, eps = f(self.lr), f(self.decay), f(self.eps)
         if self.weight_decay:
@@ -318,6 +368,8 @@ class Adam:
         self.m = flat.zeros_like(params)
         self.v = flat.zeros_like(params)
         self.t = 0                                             # steps taken, for bias correction
+        self.steps = 0                                         # steps taken (the flush's count)
+        self._flush = _Flush([self.m, self.v])
         self.blas = gemm.level1(params[0].dtype) if level1 else None
         if self.blas is not None:
             self._array_pieces = _ArrayPieces(params, self.m, self.v)
@@ -361,11 +413,16 @@ class Adam:
                 axpy(n, -step, A, 1, W, 1)                          # W -= step m / (sqrt(v) + eps')
 
     def step(self, grads: list[np.ndarray]) -> None:
-        f = self.params[0].dtype.type
         self.t += 1
+        self.steps += 1
         if self.blas is not None:
             self._blas_step(grads)
-            return
+        else:
+            self._numpy_step(grads)
+        self._flush(self.steps)
+
+    def _numpy_step(self, grads: list[np.ndarray]) -> None:
+        f = self.params[0].dtype.type
         b1, b2, eps, lr = f(self.beta1), f(self.beta2), f(self.eps), f(self.lr)
         # the corrections in float64 then cast once, so 1 - b^t is not rounded to float32 first
         correct1, correct2 = f(1 - self.beta1 ** self.t), f(1 - self.beta2 ** self.t)

@@ -177,6 +177,7 @@ class _Run:
             _check_optimizer_state(resume, self.opt)
             self.opt.load_state(resume.optimizer)
             self.state.update({k: resume.meta[k] for k in self.state if k in resume.meta})
+            self.opt.steps = self.state["step"]      # its state's flush follows the global step (optim._Flush)
         self.task = tasks.task_of(m.output, train_set.y, m.layers[-1])
         self.batches = make_batches(cfg, train_set)
         self.steps = self.batches.steps_per_epoch()

@@ -194,3 +194,67 @@ def test_adaptive_steps_through_blas_equal_numpys_up_to_rounding(monkeypatch, na
         np.testing.assert_allclose(b, a, rtol=tol, atol=tol)
     for key, a in opts[0].state().items():
         np.testing.assert_allclose(opts[1].state()[key], a, rtol=tol, atol=tol, err_msg=key)
+
+
+def _with_tiny_state(name, dtype):
+    """An optimizer over two arrays whose state holds entries below FLUSH_BELOW (subnormal ones too)."""
+    params = [np.ones((30, 20), dtype), np.ones(30, dtype)]
+    make = {"sgd": lambda p: optim.SGD(p, 0.1, momentum=0.9), "rmsprop": lambda p: optim.RMSprop(p, 0.1),
+            "adam": lambda p: optim.Adam(p, 0.1)}[name]
+    opt = make(params)
+    below = optim.FLUSH_BELOW[np.dtype(dtype)]
+    rng = np.random.default_rng(0)
+    for arrays in {"sgd": lambda: [opt.velocity], "rmsprop": lambda: [opt.square_avg],
+                   "adam": lambda: [opt.m, opt.v]}[name]():
+        for a in arrays:
+            values = rng.choice([below * 0.5, np.finfo(dtype).tiny / 8, 1e-3, below * 4], size=a.shape)
+            a[...] = values.astype(dtype)
+    return opt
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
+def test_state_below_flush_below_is_zeroed_every_flush_every_steps_and_nothing_else_changes(name, dtype):
+    opt, twin = _with_tiny_state(name, dtype), _with_tiny_state(name, dtype)
+    twin._flush = lambda steps: None                              # the same steps, never flushed
+    zero = [np.zeros(p.shape, dtype) for p in opt.params]          # state decays: no entry grows
+    state = lambda o: {k: np.array(v) for k, v in o.state().items() if k != "t"}
+    below = optim.FLUSH_BELOW[np.dtype(dtype)]
+    for s in range(1, 2 * optim.FLUSH_EVERY + 1):
+        opt.step(zero)
+        twin.step(zero)
+        got, want = state(opt), state(twin)
+        tiny = {k: np.abs(w) < below for k, w in want.items()}
+        if s < optim.FLUSH_EVERY:                                  # before the first flush: the same
+            assert all(np.array_equal(got[k], want[k]) for k in got) and any(t.any() for t in tiny.values())
+        elif s == optim.FLUSH_EVERY:
+            for k in got:
+                assert (got[k][tiny[k]] == 0).all() and tiny[k].any(), k
+                np.testing.assert_array_equal(got[k][~tiny[k]], want[k][~tiny[k]])
+        for a, b in zip(opt.params, twin.params):                  # no weight moved differently
+            np.testing.assert_array_equal(a, b)
+    assert opt.steps == 2 * optim.FLUSH_EVERY
+
+
+def test_a_resumed_fit_flushes_at_the_global_steps_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """With a flush threshold that matters (1e-3) every 5 steps, 13 steps an epoch: two epochs and a
+    resumed third end bit-identical to three straight epochs only if the count follows the global step."""
+    from conftest import make_blobs
+    from mbtrain import checkpoint, train
+    monkeypatch.setattr(optim, "FLUSH_EVERY", 5)
+    monkeypatch.setitem(optim.FLUSH_BELOW, np.dtype(np.float32), 1e-3)
+    x, y = make_blobs(200, 8, 3, seed=5)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    sets = [f"data.train={tmp_path / 'train.npz'}", "data.validation=0", "model.layers=[8, 12, 3]",
+            "train.batch_size=16", "train.lr=0.3", "train.momentum=0.9", "train.schedule=constant", "seed=3"]
+    straight, first = tmp_path / "straight", tmp_path / "first"
+    for run in (straight, first):
+        (run / "checkpoints").mkdir(parents=True)
+    train.fit(load_config(None, sets + ["train.epochs=3"]), str(straight), quiet=True)
+    train.fit(load_config(None, sets + ["train.epochs=2"]), str(first), quiet=True)
+    last = checkpoint.load(str(first / "checkpoints" / "last.npz"))
+    train.fit(load_config(None, sets + ["train.epochs=3"]), str(first), resume=last, quiet=True)
+    a = checkpoint.load(str(straight / "checkpoints" / "last.npz"))
+    b = checkpoint.load(str(first / "checkpoints" / "last.npz"))
+    for p, q in zip(a.params, b.params):
+        np.testing.assert_array_equal(p, q)
