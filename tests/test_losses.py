@@ -109,3 +109,25 @@ def test_numpy_scalar_constants_change_no_bit_and_no_dtype(dtype):
     loss, dZ = losses.sigmoid_quadratic(Z, Y, np.empty_like(Z))
     assert dZ.dtype == dtype and np.array_equal(dZ, (a - Y) * ((1 - a) * a) / 13)
     assert loss == 0.5 * float(np.vdot(a - Y, a - Y)) / 13
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_error_has_no_subnormal_entries_for_a_confident_network(dtype):
+    """Logit gaps of 90-110 (float32) or 710-740 (float64) put exp(z - max z) into the subnormal range;
+    in dZ those probabilities are exp(-69) (exp(-690)) at least, normal numbers; the loss is still
+    the float64 log-sum-exp's."""
+    gap = 100.0 if dtype == np.float32 else 725.0
+    Z = np.array([[0.0, -gap, -gap - 10, 3.0], [1.0, 2.0, 3.0, 4.0], [-gap + 10, 0.0, 0.5, -gap]], dtype)
+    Y = np.eye(4, dtype=dtype)[[3, 0, 1]]
+    loss, dZ = losses.softmax_cross_entropy(Z, Y, np.empty_like(Z))
+    tiny = np.finfo(dtype).tiny
+    assert not ((dZ != 0) & (np.abs(dZ) < tiny)).any()
+    floor = np.exp(-69.0 if dtype == np.float32 else -690.0) / 3
+    for entry in (dZ[0, 1], dZ[0, 2], dZ[2, 0], dZ[2, 3]):
+        assert 0 < entry <= floor * 1.001
+    Z64 = Z.astype(np.float64)
+    shifted = Z64 - Z64.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert loss == pytest.approx(-(Y * log_p).sum() / 3, rel=1e-6)
+    P = np.exp(log_p)
+    np.testing.assert_allclose(dZ, (P - Y) / 3, rtol=1e-6, atol=floor * 1.001)
