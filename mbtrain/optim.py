@@ -287,7 +287,31 @@ def _scratch(params: list[np.ndarray], count: int) -> list[np.ndarray]:
     return [np.empty(flat.largest_piece(params), params[0].dtype) for _ in range(count)]
 
 
-class RMSprop:
+def _over_rms(blas: gemm.Level1, n: int, g: np.ndarray, s: np.ndarray, S: int, decay: float, eps,
+              numerator: np.ndarray, a: np.ndarray, A: int, b: np.ndarray) -> None:
+    """a = numerator / (sqrt(s) + eps) after s = decay s + (1 - decay) g^2, over a piece of n entries
+    (S, A: the addresses of s and a); b is scratch. The part of the step RMSprop and Adam share."""
+    np.multiply(g, g, out=a)
+    blas.axpby(n, 1.0 - decay, A, 1, decay, S, 1)                   # s = decay s + (1 - decay) g^2
+    np.sqrt(s, out=b)
+    b += eps
+    np.divide(numerator, b, out=a)
+
+
+class _Adaptive:
+    """step() for RMSprop and Adam: BLAS's step where numpy's BLAS has axpby, else numpy's; then the
+    state's flush (_Flush) by the count of steps."""
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self.steps += 1
+        if self.blas is not None:
+            self._blas_step(grads)
+        else:
+            self._numpy_step(grads)
+        self._flush(self.steps)
+
+
+class RMSprop(_Adaptive):
     """RMSprop: each parameter's step divided by a running root-mean-square of its gradients."""
 
     name = "rmsprop"
@@ -311,28 +335,15 @@ class RMSprop:
     def _blas_step(self, grads: list[np.ndarray]) -> None:
         """The step with BLAS axpby/axpy for the sums (six passes a piece where numpy makes nine):
         g^2, s = (1 - rho) g^2 + rho s, sqrt(s) + eps, g / it, W -= lr times that."""
-        axpy, axpby = self.blas
-        f = self.params[0].dtype.type
-        eps = f(self.eps)
+        axpy = self.blas.axpy
+        eps = self.params[0].dtype.type(self.eps)
         A = self._blas_scratch.addresses[0]
         for n, weight, (w, g, s), (W, _, S) in self._array_pieces(grads):
             a, b, c = self._blas_scratch(n)
             if weight and self.weight_decay:
                 g = _coupled_l2(w, g, 0, self.weight_decay, out=c)   # g + lambda W (a weight piece)
-            np.multiply(g, g, out=a)
-            axpby(n, 1.0 - self.decay, A, 1, self.decay, S, 1)      # s = rho s + (1 - rho) g^2
-            np.sqrt(s, out=b)
-            b += eps
-            np.divide(g, b, out=a)
+            _over_rms(self.blas, n, g, s, S, self.decay, eps, g, a, A, b)   # g / (sqrt(s) + eps)
             axpy(n, -self.lr, A, 1, W, 1)                          # W -= lr g / (sqrt(s) + eps)
-
-    def step(self, grads: list[np.ndarray]) -> None:
-        self.steps += 1
-        if self.blas is not None:
-            self._blas_step(grads)
-        else:
-            self._numpy_step(grads)
-        self._flush(self.steps)
 
     def _numpy_step(self, grads: list[np.ndarray]) -> None:
         f = self.params[0].dtype.type
@@ -355,7 +366,7 @@ class RMSprop:
             s[...] = arrays[f"square_avg{i}"]
 
 
-class Adam:
+class Adam(_Adaptive):
     """Adam: momentum (m) and RMS scaling (v) with bias correction; coupled L2 like torch.optim.Adam."""
 
     name = "adam"
@@ -402,11 +413,7 @@ class Adam:
                 g = _coupled_l2(w, g, 0, self.weight_decay, out=c)   # g + lambda W (a weight piece)
                 G = self._blas_scratch.addresses[2]
             axpby(n, 1.0 - self.beta1, G, 1, self.beta1, M, 1)      # m = b1 m + (1 - b1) g
-            np.multiply(g, g, out=a)
-            axpby(n, 1.0 - self.beta2, A, 1, self.beta2, V, 1)      # v = b2 v + (1 - b2) g^2
-            np.sqrt(v, out=b)
-            b += eps
-            np.divide(m, b, out=a)
+            _over_rms(self.blas, n, g, v, V, self.beta2, eps, m, a, A, b)   # m / (sqrt(v) + eps')
             if weight and self.weight_decay and self.decoupled:
                 axpby(n, -step, A, 1, shrink, W, 1)                 # W = (1 - lr lambda) W - step m / (...)
             else:
@@ -414,12 +421,7 @@ class Adam:
 
     def step(self, grads: list[np.ndarray]) -> None:
         self.t += 1
-        self.steps += 1
-        if self.blas is not None:
-            self._blas_step(grads)
-        else:
-            self._numpy_step(grads)
-        self._flush(self.steps)
+        super().step(grads)
 
     def _numpy_step(self, grads: list[np.ndarray]) -> None:
         f = self.params[0].dtype.type
