@@ -110,6 +110,8 @@ class SGD:
         self.level1 = _Level1Step(params, self.velocity, routines) if routines else None
         self.steps = 0                                           # steps taken (the flush's count)
         self._flush = _Flush([self.velocity])
+        if self.level1 is not None:                              # needs no scratch
+            return
         # scratch, so a step allocates nothing: g with weight decay, and the scaled step of a piece
         self._g = flat.zeros_like(params) if weight_decay else []
         self._step = np.empty(flat.largest_piece(params), params[0].dtype)
