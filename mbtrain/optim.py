@@ -42,11 +42,14 @@ class _Pieces:
         self._grads: tuple = ()
         self._pieces: list = []
 
-    def __call__(self, grads: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+    def __call__(self, grads: list[np.ndarray]) -> list[tuple]:
         if len(grads) != len(self._grads) or not all(map(operator.is_, grads, self._grads)):
-            self._pieces = flat.segments(self.params, grads, *self.state)
+            self._pieces = self._make(grads)
             self._grads = tuple(grads)
         return self._pieces
+
+    def _make(self, grads: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+        return flat.segments(self.params, grads, *self.state)
 
 
 # Optimizer state decays geometrically where a gradient stays exactly zero (a dead ReLU unit, a
@@ -158,10 +161,10 @@ class SGD:
             v[...] = arrays[f"velocity{i}"]
 
 
-class _ArrayPieces:
+class _ArrayPieces(_Pieces):
     """Matching 1-D pieces of each parameter array and of its gradient and state arrays, array by
     array (a piece is all weights or all biases), for steps made of BLAS level-1 calls
-    (mbtrain.gemm.level1) and numpy calls on scratch arrays. Resolved once per grads list.
+    (mbtrain.gemm.level1) and numpy calls on scratch arrays. Resolved once per grads list (_Pieces).
 
     Each piece is (n, weight?, views, addresses): the views (W, g, *state) of n entries each, in
     memory order, and their data addresses.
@@ -172,18 +175,11 @@ class _ArrayPieces:
     # of 32,768 float32, 869 in pieces of 4,096), the whole array at once 550 us on one thread
     PIECE_BYTES = 1 << 19
 
-    def __init__(self, params: list[np.ndarray], *state: list[np.ndarray]):
-        self.params, self.state = params, state
-        self._grads: tuple = ()
-        self._pieces: list = []
-
     def largest(self) -> int:
         """The most entries a piece can have (a scratch array's size)."""
         return min(self.PIECE_BYTES // self.params[0].itemsize, max(p.size for p in self.params))
 
-    def __call__(self, grads: list[np.ndarray]) -> list[tuple]:
-        if len(grads) == len(self._grads) and all(map(operator.is_, grads, self._grads)):
-            return self._pieces
+    def _make(self, grads: list[np.ndarray]) -> list[tuple]:
         per = self.PIECE_BYTES // self.params[0].itemsize
         pieces = []
         for i, p in enumerate(self.params):
@@ -196,7 +192,6 @@ class _ArrayPieces:
             for start in range(0, p.size, per):
                 views = tuple(w[start:start + per] for w in wholes)
                 pieces.append((views[0].size, i % 2 == 0, views, tuple(v.ctypes.data for v in views)))
-        self._grads, self._pieces = tuple(grads), pieces
         return pieces
 
 
@@ -304,6 +299,18 @@ class _Adaptive:
     """step() for RMSprop and Adam: BLAS's step where numpy's BLAS has axpby, else numpy's; then the
     state's flush (_Flush) by the count of steps."""
 
+    def _setup(self, params: list[np.ndarray], state: list[list[np.ndarray]], level1: bool) -> bool:
+        """The step count, the flush over `state`, and with level1 and numpy's BLAS axpby the BLAS
+        step's pieces and three scratch arrays. True when the BLAS step is set up."""
+        self.steps = 0                                           # steps taken (the flush's count)
+        self._flush = _Flush(state)
+        self.blas = gemm.level1(params[0].dtype) if level1 else None
+        if self.blas is None:
+            return False
+        self._array_pieces = _ArrayPieces(params, *state)
+        self._blas_scratch = _Scratch(self._array_pieces, params[0].dtype, 3)
+        return True
+
     def step(self, grads: list[np.ndarray]) -> None:
         self.steps += 1
         if self.blas is not None:
@@ -323,12 +330,7 @@ class RMSprop(_Adaptive):
         self.params, self.lr = params, lr
         self.decay, self.eps, self.weight_decay = decay, eps, weight_decay
         self.square_avg = flat.zeros_like(params)
-        self.steps = 0                                           # steps taken (the flush's count)
-        self._flush = _Flush([self.square_avg])
-        self.blas = gemm.level1(params[0].dtype) if level1 else None
-        if self.blas is not None:
-            self._array_pieces = _ArrayPieces(params, self.square_avg)
-            self._blas_scratch = _Scratch(self._array_pieces, params[0].dtype, 3)
+        if self._setup(params, [self.square_avg], level1):
             return
         self._g = flat.zeros_like(params) if weight_decay else []
         self._pieces = _Pieces(params, self.square_avg)
@@ -381,12 +383,7 @@ class Adam(_Adaptive):
         self.m = flat.zeros_like(params)
         self.v = flat.zeros_like(params)
         self.t = 0                                             # steps taken, for bias correction
-        self.steps = 0                                         # steps taken (the flush's count)
-        self._flush = _Flush([self.m, self.v])
-        self.blas = gemm.level1(params[0].dtype) if level1 else None
-        if self.blas is not None:
-            self._array_pieces = _ArrayPieces(params, self.m, self.v)
-            self._blas_scratch = _Scratch(self._array_pieces, params[0].dtype, 3)
+        if self._setup(params, [self.m, self.v], level1):
             return
         self._g = flat.zeros_like(params) if weight_decay and not self.decoupled else []
         self._pieces = _Pieces(params, self.m, self.v)
