@@ -91,10 +91,12 @@ class _Gemms:
     model's are (layer l reads layer l-1's activations; its error product writes layer l-1's dZ).
 
     fused: the step folds plain SGD into the weight-gradient products (mbtrain.step), so those
-    are timed as the step runs them, W = W - lr dZ^T A_prev through mbtrain.gemm, into the
+    are timed as the step runs them, W = W - lr dZ^T A_prev through a gemm.Product, into the
     same W the forward product reads. Likewise a layer whose forward product takes its bias
     (mbtrain.model.bias_in_product) is timed as that call, Z = Z + A_prev @ W.T (without the
-    fill of Z with b, which is not a product).
+    fill of Z with b, which is not a product). Like the step's, those calls are made ready once:
+    timed through gemm.update, the bound of setting A had counted ~4 % of its time in the
+    checks around its two calls (/work/notes/s12/boundwrap.py).
     """
 
     def __init__(self, layers: list[int], K: int, dtype, rng: np.random.Generator, fused: bool = False):
@@ -108,20 +110,25 @@ class _Gemms:
         self.Z = [fill(K, m) for m in layers[1:]]
         self.A = [fill(K, m) for m in layers[1:-1]]           # hidden activations, the next layer's input
         self.dZ = [fill(K, m) for m in layers[1:]]
-        self.bias_in_product = [bias_in_product(l, m, dtype) for l, m in enumerate(layers[1:])]
+        inputs = [self.X] + self.A
+        # the gemm calls, their arguments made once, as the step makes them (mbtrain.model)
+        self.forward = [gemm.Product("forward", Z, A, False, W, True) if bias_in_product(l, W.shape[0], dtype)
+                        else None for l, (Z, A, W) in enumerate(zip(self.Z, inputs, self.W))]
+        self.update = [gemm.Product("update", W, dZ, True, A, False) if fused else None
+                       for W, dZ, A in zip(self.W, self.dZ, inputs)]
 
     def run(self) -> None:
         inputs = [self.X] + self.A
         for l, W in enumerate(self.W):
-            if self.bias_in_product[l]:
-                gemm.add_product(self.Z[l], inputs[l], W)           # forward   Z += A_prev @ W.T  (K, m)
+            if self.forward[l] is not None:
+                self.forward[l](1.0, 1.0)                           # forward   Z += A_prev @ W.T  (K, m)
             else:
                 gemm.matmul(inputs[l], W.T, out=self.Z[l])          # forward   Z = A_prev @ W.T   (K, m)
         for l in range(len(self.W) - 1, 0, -1):
             gemm.matmul(self.dZ[l], self.W[l], out=self.dZ[l - 1])  # errors    dZ @ W             (K, n)
         for l, W in enumerate(self.W):
             if self.fused:                                          # W -= lr dZ.T @ A_prev
-                gemm.update(W, self.dZ[l], inputs[l], alpha=-1e-4, beta=1.0)
+                self.update[l](-1e-4, 1.0)
             else:
                 weight_gradient(self.dZ[l], inputs[l], self.dW[l])  # dW = dZ.T @ A_prev           (m, n)
 

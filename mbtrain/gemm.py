@@ -272,12 +272,20 @@ class AxpyPlan:
         self._fn = _axpy_routine(pairs[0][0].dtype) if pairs else None
         for y, x in pairs:
             _check_axpy(y, x)
-        self._calls = [(y.size, _address(x), _address(y)) for y, x in pairs if y.size]
+        self._calls = []
+        if self._fn is not None:                    # the calls' arguments as ctypes values, made once:
+            kinds = self._fn.argtypes               # 4.0 against 5.4 us a call over Nielsen's parameters
+            self._alpha = kinds[1]
+            one = kinds[3](1)
+            self._calls = [(kinds[0](y.size), kinds[2](_address(x)), one, kinds[4](_address(y)), one)
+                           for y, x in pairs if y.size]
 
     def __call__(self, alpha: float) -> None:
-        a, fn = float(alpha), self._fn
-        for n, x, y in self._calls:
-            fn(n, a, x, 1, y, 1)
+        fn = self._fn
+        if self._calls:
+            a = self._alpha(alpha)
+            for n, x, incx, y, incy in self._calls:
+                fn(n, a, x, incx, y, incy)
 
 
 def _check_axpy(y: np.ndarray, x: np.ndarray) -> None:
@@ -340,8 +348,24 @@ def _product(name: str, fn, C: np.ndarray, A: np.ndarray, trans_a: bool, B: np.n
     trans_x. Each array row- or column-major: a column-major A or B is read as its row-major
     transpose with the flag flipped, a column-major C is made as C^T = op(B)^T op(A)^T.
 
-    `name` is the caller's, for the errors. (A step calls this a few times: flags are read once.)
+    `name` is the caller's, for the errors.
     """
+    args, _ = _arguments(name, C, A, trans_a, B, trans_b)
+    if args is None:
+        _degenerate(C, A, trans_a, beta)
+        return
+    args[_ALPHA], args[_BETA] = float(alpha), float(beta)
+    fn(*args)
+
+
+# positions of alpha and beta among a row-major cblas_?gemm call's arguments
+_ALPHA, _BETA = 6, 11
+
+
+def _arguments(name: str, C: np.ndarray, A: np.ndarray, trans_a: bool, B: np.ndarray, trans_b: bool):
+    """(the 14 arguments of the row-major gemm call that makes C = beta C + alpha op(A) op(B), with
+    alpha and beta left as None; {"A": position of A's address, "B": B's}), after checking shapes,
+    dtypes and layouts; (None, {}) when the product is empty (K, M or N is 0: see _degenerate)."""
     a_rows, a_cols = A.shape
     b_rows, b_cols = B.shape
     M, K = (a_cols, a_rows) if trans_a else (a_rows, a_cols)
@@ -352,20 +376,91 @@ def _product(name: str, fn, C: np.ndarray, A: np.ndarray, trans_a: bool, B: np.n
     if not ((fa.c_contiguous or fa.f_contiguous) and (fb.c_contiguous or fb.f_contiguous)
             and (fc.c_contiguous or fc.f_contiguous) and fc.writeable):
         raise ValueError(f"gemm.{name} needs contiguous A and B and a writeable, contiguous C")
-    if K == 0:                                       # BLAS would skip the scaling too; numpy's meaning
-        C *= beta
-        return
-    if M == 0 or N == 0:
-        return
+    if K == 0 or M == 0 or N == 0:
+        return None, {}
     # a column-major operand is its row-major transpose: the other flag, the other leading dimension
     ta, lda = (trans_a, a_cols) if fa.c_contiguous else (not trans_a, a_rows)
     tb, ldb = (trans_b, b_cols) if fb.c_contiguous else (not trans_b, b_rows)
     if fc.c_contiguous:
-        fn(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, M, N, K, float(alpha),
-           _address(A), max(lda, 1), _address(B), max(ldb, 1), float(beta), _address(C), max(N, 1))
-    else:                                            # column-major C: its row-major transpose C^T (N, M)
-        fn(_ROW_MAJOR, _NO_TRANS if tb else _TRANS, _NO_TRANS if ta else _TRANS, N, M, K, float(alpha),
-           _address(B), max(ldb, 1), _address(A), max(lda, 1), float(beta), _address(C), max(M, 1))
+        return [_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, M, N, K, None,
+                _address(A), max(lda, 1), _address(B), max(ldb, 1), None, _address(C), max(N, 1)], {"A": 7, "B": 9}
+    # column-major C: its row-major transpose C^T (N, M)
+    return [_ROW_MAJOR, _NO_TRANS if tb else _TRANS, _NO_TRANS if ta else _TRANS, N, M, K, None,
+            _address(B), max(ldb, 1), _address(A), max(lda, 1), None, _address(C), max(M, 1)], {"A": 9, "B": 7}
+
+
+def _degenerate(C: np.ndarray, A: np.ndarray, trans_a: bool, beta: float) -> None:
+    """An empty product's meaning in numpy (and BLAS): C = beta C when K is 0; nothing when C is empty."""
+    if A.shape[0 if trans_a else 1] == 0:
+        C *= beta
+
+
+class Product:
+    """One product C = beta C + alpha op(A) op(B) of a training step, on its fixed buffers: checked,
+    and its BLAS gemm call's arguments made, once (update() and add_product() do both at every call,
+    ~3-4 us; the call itself took ~1 us at Nielsen's 10 x 30 x 10 and a step makes up to three such
+    products per layer: README, "Why it is fast").
+
+    A or B may be another array at a call (the next batch): call(alpha, beta, A=X) takes X's address,
+    and re-checks the layout when X's shape, dtype or memory order differ from the last one's. The plan
+    holds its arrays and stays valid while their data does not move (numpy arrays' never does); it
+    follows select() to the library that runs a product of its size.
+    """
+
+    def __init__(self, name: str, C: np.ndarray, A: np.ndarray, trans_a: bool, B: np.ndarray, trans_b: bool):
+        self.name, self.C, self.A, self.B, self.trans = name, C, A, B, (trans_a, trans_b)
+        self._scalars = (None, None)
+        self._make()
+
+    def _make(self) -> None:
+        A, B, C = self.A, self.B, self.C
+        args, self._slots = _arguments(self.name, C, A, self.trans[0], B, self.trans[1])
+        self._library = _selected
+        self.fn = _routine(C.dtype, C.size * A.shape[0 if self.trans[0] else 1])
+        self._keys = {"A": _layout(A), "B": _layout(B)}
+        if args is None:
+            self._args = None
+            return
+        kinds = self.fn.argtypes
+        args[_ALPHA] = args[_BETA] = 0.0
+        self._args = [kind(value) for kind, value in zip(kinds, args)]
+        self._kinds = kinds
+        self._scalars = (None, None)
+
+    def __call__(self, alpha: float, beta: float = 1.0, A: np.ndarray | None = None,
+                 B: np.ndarray | None = None) -> None:
+        if self._library != _selected:
+            self._make()
+        if A is not None and A is not self.A:
+            self._swap("A", A)
+        if B is not None and B is not self.B:
+            self._swap("B", B)
+        args = self._args
+        if args is None:
+            _degenerate(self.C, self.A, self.trans[0], beta)
+            return
+        if (alpha, beta) != self._scalars:
+            args[_ALPHA], args[_BETA] = self._kinds[_ALPHA](alpha), self._kinds[_BETA](beta)
+            self._scalars = (alpha, beta)
+        self.fn(*args)
+
+    def _swap(self, which: str, array: np.ndarray) -> None:
+        if self._args is None or _layout(array) != self._keys[which]:
+            before = getattr(self, which)
+            setattr(self, which, array)
+            try:
+                self._make()                       # another shape, dtype or layout: check it all again
+            except ValueError:
+                setattr(self, which, before)       # refused: the plan stays as it was
+                raise
+        else:
+            self._args[self._slots[which]] = ctypes.c_void_p(_address(array))
+            setattr(self, which, array)
+
+
+def _layout(a: np.ndarray) -> tuple:
+    """What a Product's arguments depend on besides an operand's address (strides: its memory order)."""
+    return a.shape, a.dtype, a.strides
 
 
 _addresses: dict[int, tuple[weakref.ref, int]] = {}

@@ -140,6 +140,7 @@ class MLP:
         self.dZ = [make(m) for m in self.layers[1:]]         # errors dC/dZ per layer
         dact_dtype = bool if self.act.step_derivative else self.dtype   # a 0/1 sigma' is a mask
         self.dact = [flat.aligned((K, m), dact_dtype) for m in self.layers[1:-1]]   # sigma'(Z) of hidden layers
+        self._products = {}                                  # gemm.Product per (kind, layer), made at first use
         self._K = K
 
     def forward(self, X: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:
@@ -156,7 +157,7 @@ class MLP:
             if self._bias_in_product[l] and A_prev.flags.c_contiguous and A_prev.dtype == W.dtype:
                 Z = self.Z[l]
                 np.copyto(Z, b)                                    # Z = b, then Z += A_prev @ W.T
-                gemm.add_product(Z, A_prev, W)
+                self._product("forward", l, Z, A_prev, False, W, True)(1.0, 1.0, A=A_prev)
             else:
                 Z = gemm.matmul(A_prev, W.T, out=self.Z[l])             # (K, m)
                 Z += b
@@ -233,7 +234,16 @@ class MLP:
         for l, A_prev in enumerate(inputs):
             b = self.params[2 * l + 1]
             b -= np.multiply(self.grads[2 * l + 1], lr, out=self._bias_step[l])       # b -= lr db
-            gemm.update(self.params[2 * l], self.dZ[l], A_prev, alpha=-lr, beta=1.0)
+            update = self._product("update", l, self.params[2 * l], self.dZ[l], True, A_prev, False)
+            update(-lr, 1.0, B=A_prev)                                   # W = 1 W + (-lr) dZ^T A_prev
+
+    def _product(self, kind: str, l: int, C, A, trans_a: bool, B, trans_b: bool) -> gemm.Product:
+        """The gemm.Product of layer l's `kind` ("forward" or "update") on this batch size's buffers,
+        made at its first use (its batch operand follows each call's)."""
+        plan = self._products.get((kind, l))
+        if plan is None:
+            plan = self._products[kind, l] = gemm.Product(kind, C, A, trans_a, B, trans_b)
+        return plan
 
     def predict(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """Output activations (N, m_L) for X (N, n_0), in batches, without touching the buffers."""

@@ -57,6 +57,65 @@ def test_update_and_add_product_take_column_major_operands(orders, c_order):
 
 
 @needs_gemm
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("orders", ["CCC", "FCC", "CFC", "CCF", "FFF"])   # C's, A's and B's memory order
+def test_a_prepared_product_makes_what_the_one_off_call_makes(dtype, orders):
+    """gemm.Product: the same gemm call as update() and add_product(), bit for bit, over calls that
+    change alpha and beta and swap the batch operand for another array of the same layout."""
+    rng = np.random.default_rng(11)
+    K, m, n = 9, 7, 5
+    arr = lambda shape, order: np.asarray(rng.standard_normal(shape).astype(dtype), order=order)
+    C, A = arr((m, n), orders[0]), arr((K, m), orders[1])
+    batches = [arr((K, n), orders[2]) for _ in range(3)]
+    planned, one_off = C.copy(order="A"), C.copy(order="A")
+    update = gemm.Product("update", planned, A, True, batches[0], False)
+    for B, alpha, beta in [(batches[0], -0.1, 1.0), (batches[1], -0.1, 1.0), (batches[2], 0.3, 0.5), (batches[0], 0.3, 0.5)]:
+        update(alpha, beta, B=B)
+        gemm.update(one_off, A, B, alpha=alpha, beta=beta)
+        assert np.array_equal(planned, one_off)
+    want = C.astype(np.float64)
+    for B, alpha, beta in [(batches[0], -0.1, 1.0), (batches[1], -0.1, 1.0), (batches[2], 0.3, 0.5), (batches[0], 0.3, 0.5)]:
+        want = beta * want + alpha * (A.T.astype(np.float64) @ B.astype(np.float64))   # an independent reference
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(planned, want, rtol=tol, atol=tol * np.abs(want).max())
+    W, Z = arr((m, n), orders[2]), arr((K, m), orders[0])
+    planned, one_off = Z.copy(order="A"), Z.copy(order="A")
+    forward = gemm.Product("forward", planned, batches[0], False, W, True)
+    for X in batches:
+        forward(1.0, 1.0, A=X)
+        gemm.add_product(one_off, X, W)
+        assert np.array_equal(planned, one_off)
+
+
+@needs_gemm
+def test_a_prepared_product_checks_a_batch_of_another_layout_again():
+    """A batch of another memory order is read right (the call is made again); one of another shape or
+    dtype is refused as update() refuses it; an empty product keeps numpy's meaning (C = beta C)."""
+    rng = np.random.default_rng(12)
+    K, m, n = 6, 4, 3
+    C, A, B = (rng.standard_normal(s).astype(np.float32) for s in ((m, n), (K, m), (K, n)))
+    want = C.astype(np.float64)
+    update = gemm.Product("update", C, A, True, B, False)
+    for batch in (B, np.asfortranarray(B), B.copy()):
+        update(-0.5, 1.0, B=batch)
+        want = want - 0.5 * (A.T.astype(np.float64) @ batch.astype(np.float64))
+        np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5)
+    strided = np.ones((K, 2 * n), np.float32)[:, ::2]
+    for before in (B, np.asfortranarray(B)):
+        for bad in (np.ones((K + 1, n), np.float32), B.astype(np.float64), strided):
+            update(-0.5, 1.0, B=before)
+            with pytest.raises(ValueError, match="gemm.update"):
+                update(-0.5, 1.0, B=bad)
+        update(-0.5, 1.0)                                       # refused: the plan still reads `before`
+        want = want - 0.5 * 4 * (A.T.astype(np.float64) @ B.astype(np.float64))
+    np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    C0 = np.ones((m, n), np.float32)
+    empty = gemm.Product("update", C0, np.ones((0, m), np.float32), True, np.ones((0, n), np.float32), False)
+    empty(-1.0, 0.5)
+    assert np.array_equal(C0, np.full((m, n), 0.5, np.float32))
+
+
+@needs_gemm
 def test_update_refuses_arrays_it_cannot_pass_to_blas():
     C, A, B = np.zeros((3, 4), np.float32), np.ones((5, 3), np.float32), np.ones((5, 4), np.float32)
     with pytest.raises(ValueError, match="contiguous"):
@@ -108,8 +167,9 @@ def test_wide_layers_take_their_bias_in_the_forward_product(dtype, monkeypatch):
     layers = [20, 600, 12, model_module.BIAS_IN_PRODUCT_WIDTH]    # W0 (600, 20) row-major (weight_order)
     m = MLP(init_params(layers, "he", "normal", "tanh", rng, dtype), "tanh", "softmax_cross_entropy")
     calls = []
-    real = gemm.add_product
-    monkeypatch.setattr(gemm, "add_product", lambda Z, A, W: calls.append(Z.shape[1]) or real(Z, A, W))
+    real = gemm.Product.__call__
+    monkeypatch.setattr(gemm.Product, "__call__", lambda plan, *a, **k: (
+        calls.append(plan.C.shape[1]) if plan.name == "forward" else None) or real(plan, *a, **k))
     X = rng.standard_normal((9, 20)).astype(dtype)
     m.forward(X)
     assert calls == [layers[1], layers[3]]

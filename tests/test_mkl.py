@@ -106,6 +106,9 @@ def test_a_step_under_mkl_runs_every_product_through_mkl(monkeypatch):
     calls = []
     real = gemm._product
     monkeypatch.setattr(gemm, "_product", lambda name, fn, *a: (calls.append((name, fn)), real(name, fn, *a)))
+    real_plan = gemm.Product.__call__                      # the step's updates: prepared gemm calls
+    monkeypatch.setattr(gemm.Product, "__call__", lambda plan, *a, **k: (real_plan(plan, *a, **k),
+                                                                         calls.append((plan.name, plan.fn))))
     monkeypatch.setattr(step, "FUSE_MIN_WEIGHTS", 0)
     monkeypatch.setattr(gemm, "MKL_MIN_WORK", 0)          # this network's products are all small
     real_matmul, matrix_products = np.matmul, []
@@ -220,3 +223,24 @@ def test_under_mkl_small_products_stay_with_numpys_blas(monkeypatch):
         np.testing.assert_allclose(C, W - 0.5 * (dZ.T.astype(np.float64) @ A), rtol=1e-5, atol=1e-5)
     with gemm.using("numpy"):
         assert gemm.library_of(10**12) == "numpy"
+
+
+@needs_mkl
+def test_a_prepared_product_follows_the_selected_library(monkeypatch):
+    """A gemm.Product made while numpy's BLAS runs the products calls MKL's gemm once MKL is selected,
+    and numpy's again after; each call makes the same product."""
+    f32 = np.dtype(np.float32)
+    mkl_routine, numpy_routine = gemm._library_routine(f32, "mkl"), gemm._library_routine(f32, "numpy")
+    monkeypatch.setattr(gemm, "MKL_MIN_WORK", 0)
+    rng = np.random.default_rng(8)
+    C, A, B = (rng.standard_normal(s).astype(np.float32) for s in ((4, 5), (6, 4), (6, 5)))
+    want = C.astype(np.float64)
+    with gemm.using("numpy"):
+        plan = gemm.Product("update", C, A, True, B, False)
+        assert plan.fn is numpy_routine
+        for library, routine in (("mkl", mkl_routine), ("numpy", numpy_routine)):
+            with gemm.using(library):
+                plan(-0.5, 1.0)
+            assert plan.fn is routine
+            want = want - 0.5 * (A.T.astype(np.float64) @ B.astype(np.float64))
+            np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5)

@@ -321,15 +321,17 @@ def test_gemm_bound_times_the_products_as_the_step_calls_them(monkeypatch):
     layers = [20, 600, 12, 300]                     # W0 (600, 20) and W2 row-major and wide; W1 narrow
     model = MLP(init_params(layers, "he", "zeros", "relu", np.random.default_rng(0), np.float32), "relu",
                 "softmax_cross_entropy")
-    added, updated = [], []
-    add_product, update = gemm.add_product, gemm.update
-    monkeypatch.setattr(gemm, "add_product", lambda Z, A, W: added.append(W.shape) or add_product(Z, A, W))
-    monkeypatch.setattr(gemm, "update", lambda C, A, B, **kw: updated.append(C.shape) or update(C, A, B, **kw))
+    calls = []
+    real = gemm.Product.__call__
+    monkeypatch.setattr(gemm.Product, "__call__", lambda plan, *a, **k: calls.append((plan.name, plan.C.shape))
+                        or real(plan, *a, **k))
     model.forward(np.ones((5, 20), np.float32))
-    by_model = list(added)
-    assert by_model == [(600, 20), (300, 12)]
-    added.clear()
+    by_model = list(calls)
+    assert by_model == [("forward", (5, 600)), ("forward", (5, 300))]
+    calls.clear()
     bench._Gemms(layers, 5, np.float32, np.random.default_rng(1), fused=True).run()
+    added = [c for c in calls if c[0] == "forward"]
+    updated = [shape for name, shape in calls if name == "update"]
     assert added == by_model
     assert updated == [(600, 20), (12, 600), (300, 12)]
 
