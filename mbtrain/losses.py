@@ -95,11 +95,11 @@ def sigmoid_quadratic_samples(Z, Y):
 
 def sigmoid_quadratic(Z, Y, dZ=None):
     K = Z.shape[0]
-    A = sigmoid(Z)
-    dZ = np.subtract(A, Y, out=dZ)                             # A - Y
-    loss = 0.5 * float(np.vdot(dZ, dZ)) / K
+    A = sigmoid(Z, out=dZ)                                     # A, in dZ's buffer when given
     prime = np.subtract(ONE, A)
     prime *= A                                                 # sigma'(Z) = a (1 - a)
+    dZ = np.subtract(A, Y, out=A)                              # A - Y
+    loss = 0.5 * float(np.vdot(dZ, dZ)) / K
     dZ *= prime
     dZ /= K
     return loss, dZ

@@ -130,15 +130,16 @@ class SGD:
             self._flush(self.steps)
 
     def _numpy_step(self, grads: list[np.ndarray]) -> None:
+        if self.axpy:                                            # W += (-lr) g, one pass per piece
+            pieces = self._pieces(grads)
+            if self._plan[0] is not pieces:
+                self._plan = (pieces, gemm.AxpyPlan([(p, g) for p, g in pieces]))
+            self._plan[1](-self.lr)                              # rounded to the dtype by the call
+            return
         lr = self.params[0].dtype.type(self.lr)
         if self.weight_decay:
             grads = _add_l2(self.params, grads, self.weight_decay, self._g)
         pieces = self._pieces(grads)
-        if self.axpy:                                            # W += (-lr) g, one pass per piece
-            if self._plan[0] is not pieces:
-                self._plan = (pieces, gemm.AxpyPlan([(p, g) for p, g in pieces]))
-            self._plan[1](-lr)
-            return
         for p, g, *v in pieces:
             scratch = self._step[:p.size]
             direction = g
