@@ -138,6 +138,26 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def resolve(path: str, purpose: str = "evaluate") -> str:
+    """The checkpoint file that `path` names: the path itself, or for a run directory (or its
+    checkpoints/ folder) the one a user means by it: checkpoints/best.npz to evaluate or predict
+    with (last.npz when the run has no best yet: it was stopped in its first epoch), last.npz to
+    resume. CheckpointError for a directory that holds neither.
+
+        mbtrain eval runs/mnist              # = runs/mnist/checkpoints/best.npz
+    """
+    if not os.path.isdir(path):
+        return path
+    names = ["last.npz"] if purpose == "resume" else ["best.npz", "last.npz"]
+    for folder in (os.path.join(path, "checkpoints"), path):
+        for name in names:
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+    wanted = " or ".join(f"checkpoints/{n}" for n in names)
+    raise CheckpointError(f"{path}: is a directory without {wanted}; expected a checkpoint .npz file "
+                          f"or a run directory")
+
+
 def load(path: str) -> Checkpoint:
     """Read and verify a checkpoint; CheckpointError naming the file and the problem otherwise."""
     if not os.path.exists(path):

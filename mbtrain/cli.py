@@ -5,7 +5,7 @@ Errors are converted here, once: a user's mistake is one `error: ...` line on st
 and exit code 2; divergence exits 3; an interrupt exits 130.
 
     mbtrain fit configs/mnist.yaml --set train.epochs=5
-    mbtrain eval runs/mnist-20261128-120000/checkpoints/best.npz
+    mbtrain eval runs/mnist-20261128-120000          # its checkpoints/best.npz
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def fit(
     name: Annotated[Optional[str], typer.Option("--name", help="Run directory runs/NAME instead of the "
                                                 "default.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", metavar="CKPT",
-                                                  help="Continue from a checkpoint, in its run directory.")] = None,
+                                                  help="Continue from a checkpoint, in its run directory (a run "
+                                                  "directory: its checkpoints/last.npz).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Empty an existing run directory given by "
                                             "--out/--name and start afresh.")] = False,
     json_: JsonOption = False,
@@ -81,6 +82,7 @@ def fit(
     if resume is not None:
         if name is not None or overwrite:
             raise UsageError("--resume continues its own run directory; it takes no --name or --overwrite")
+        resume = checkpoint.resolve(resume, "resume")
         ckpt = checkpoint.load(resume)
         cfg = load_config(config, set_ or []) if config else load_config(None, set_ or [], ckpt.config.to_dict())
         _check_same_model(cfg, ckpt, resume)
@@ -140,7 +142,8 @@ def _print_summary(summary: dict) -> None:
 
 @app.command("eval")
 def eval_(
-    ckpt: Annotated[str, typer.Argument(help="Checkpoint .npz written by mbtrain fit.")],
+    ckpt: Annotated[str, typer.Argument(help="Checkpoint .npz written by mbtrain fit, or a run directory (its "
+                                        "checkpoints/best.npz).")],
     data: Annotated[Optional[str], typer.Option("--data", help="Data to evaluate on (default: the config's "
                                                 "test split): IDX images, .npz, or a folder of x.npy/y.npy.")] = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Labels file for --data, when not found "
@@ -155,6 +158,7 @@ def eval_(
     from mbtrain.model import MLP
     from mbtrain.train import evaluate
 
+    ckpt = checkpoint.resolve(ckpt)
     c = checkpoint.load(ckpt)
     cfg = c.config
     source = {"x": data, "y": labels} if labels else data
@@ -186,7 +190,8 @@ def gradcheck(
     set_: SetOption = None,
     samples: Annotated[int, typer.Option("--samples", metavar="K", help="Training samples in the minibatch "
                                          "checked.")] = 8,
-    ckpt: Annotated[Optional[str], typer.Option("--checkpoint", metavar="CKPT", help="Check these weights "
+    ckpt: Annotated[Optional[str], typer.Option("--checkpoint", metavar="CKPT", help="Check these weights (a run "
+                                                "directory: its checkpoints/best.npz) "
                                                 "instead of a freshly initialized network.")] = None,
     fd_entries: Annotated[int, typer.Option("--fd-entries", metavar="N", help="Finite-difference entries per "
                                             "array; arrays with at most N entries are checked whole.")] = 64,
@@ -202,6 +207,7 @@ def gradcheck(
 
     params = normalization = None
     if ckpt is not None:
+        ckpt = checkpoint.resolve(ckpt)
         c = checkpoint.load(ckpt)
         cfg = load_config(config, set_ or []) if config else load_config(None, set_ or [], c.config.to_dict())
         _check_same_model(cfg, c, ckpt)
@@ -218,7 +224,8 @@ def gradcheck(
 
 @app.command()
 def predict(
-    ckpt: Annotated[str, typer.Argument(help="Checkpoint .npz written by mbtrain fit.")],
+    ckpt: Annotated[str, typer.Argument(help="Checkpoint .npz written by mbtrain fit, or a run directory (its "
+                                        "checkpoints/best.npz).")],
     input: Annotated[str, typer.Argument(help="Samples to predict: IDX images, .npy, .npz (array x), a folder "
                                               "with x.npy, or CSV (features, optionally with the label column).")],
     out: Annotated[Optional[str], typer.Option("--out", help="Write to FILE (.csv or .npy) instead of CSV "
@@ -230,7 +237,7 @@ def predict(
     from mbtrain import blas, checkpoint
     from mbtrain import predict as predictmod
 
-    c = checkpoint.load(ckpt)
+    c = checkpoint.load(checkpoint.resolve(ckpt))
     x = predictmod.read_inputs(input, c.config.model.layers[0], c.config.data)
     with blas.limit(*blas.for_checkpoint(c.config.train, threads)):
         columns, table = predictmod.predict(c, x, proba)

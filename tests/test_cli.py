@@ -52,6 +52,37 @@ def test_eval_on_other_data(tmp_path, tiny_config, tiny_data):
     assert r.returncode == 0 and json.loads(r.stdout)["n"] == 240
 
 
+def test_a_run_directory_stands_for_its_checkpoint(tmp_path, tiny_config, tiny_data):
+    """eval, predict and gradcheck take a run directory (or its checkpoints/ folder) for its best.npz,
+    fit --resume for its last.npz; a directory holding neither is refused with one line, exit 2."""
+    out = tmp_path / "run"
+    assert mbtrain("fit", tiny_config, "--out", str(out), "--quiet", "--set", "train.epochs=2").returncode == 0
+    best = json.loads(mbtrain("eval", str(out / "checkpoints" / "best.npz"), "--json").stdout)
+    for given in (out, out / "checkpoints"):
+        r = mbtrain("eval", str(given), "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == dict(best, checkpoint=str(out / "checkpoints" / "best.npz"))
+    x = str(tmp_path / "x.npy")
+    np.save(x, np.load(tiny_data[1])["x"][:5])
+    by_file, by_dir = (mbtrain("predict", str(c), x, "--proba") for c in (out / "checkpoints" / "best.npz", out))
+    assert by_dir.returncode == 0 and by_dir.stdout == by_file.stdout and by_file.stdout.count("\n") == 6
+    assert mbtrain("gradcheck", "--checkpoint", str(out), "--json").returncode == 0
+    (out / "checkpoints" / "best.npz").unlink()                  # stopped in its first epoch: only last.npz
+    r = mbtrain("eval", str(out), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["checkpoint"] == str(out / "checkpoints" / "last.npz")
+    r = mbtrain("fit", "--resume", str(out), "--set", "train.epochs=3", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["epochs"] == 3
+    assert [row.split(",")[0] for row in (out / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (["eval", str(empty)], ["fit", "--resume", str(empty)]):
+        r = mbtrain(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert r.stderr.startswith(f"error: {empty}: is a directory without checkpoints/")
+    assert not os.listdir(empty)
+
+
 def test_default_run_dir_is_never_reused(tmp_path, tiny_config):
     for _ in range(2):
         assert mbtrain("fit", tiny_config, "--quiet", cwd=tmp_path).returncode == 0

@@ -272,8 +272,11 @@ CASES = [
          ["evil.npz", "holds a pickled object, which mbtrain never loads"], {"evil.npz": pickle_bomb}),
     Case("ckpt-missing", ["fit", "--resume", "run/checkpoints/nope.npz", "-q"],
          ["run/checkpoints/nope.npz", "checkpoint not found"]),
-    Case("ckpt-is-a-directory", ["eval", "run/checkpoints"],
-         ["run/checkpoints", "is a directory, expected a checkpoint .npz file"]),
+    Case("ckpt-is-a-directory", ["eval", "adir"],
+         ["adir", "is a directory without checkpoints/best.npz or checkpoints/last.npz; expected a checkpoint "
+          ".npz file or a run directory"], {"adir/keep": ""}),
+    Case("ckpt-resume-directory-without-last", ["fit", "--resume", "adir", "-q"],
+         ["adir", "is a directory without checkpoints/last.npz"], {"adir/checkpoints/best.npz": ""}),
     Case("ckpt-data-npz-instead", ["eval", "good.npz"],
          ["good.npz", "missing or malformed 'meta' entry; not an mbtrain checkpoint"]),
     Case("ckpt-resume-other-model", ["fit", "wide.yaml", "--resume", CKPT, "-q"],
