@@ -417,6 +417,8 @@ class Product:
         args, self._slots = _arguments(self.name, C, A, self.trans[0], B, self.trans[1])
         self._library = _selected
         self.fn = _routine(C.dtype, C.size * A.shape[0 if self.trans[0] else 1])
+        if self.fn is None:
+            raise ValueError(f"gemm.{self.name}: no BLAS gemm found for {C.dtype} (gemm.available)")
         self._keys = {"A": _layout(A), "B": _layout(B)}
         if args is None:
             self._args = None

@@ -109,6 +109,9 @@ def test_a_prepared_product_checks_a_batch_of_another_layout_again():
         update(-0.5, 1.0)                                       # refused: the plan still reads `before`
         want = want - 0.5 * 4 * (A.T.astype(np.float64) @ B.astype(np.float64))
     np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    half = [a.astype(np.float16) for a in (C, A, B)]
+    with pytest.raises(ValueError, match="no BLAS gemm found for float16"):
+        gemm.Product("update", half[0], half[1], True, half[2], False)
     C0 = np.ones((m, n), np.float32)
     empty = gemm.Product("update", C0, np.ones((0, m), np.float32), True, np.ones((0, n), np.float32), False)
     empty(-1.0, 0.5)
