@@ -326,8 +326,11 @@ def test_gemm_bound_times_the_products_as_the_step_calls_them(monkeypatch):
     monkeypatch.setattr(gemm.Product, "__call__", lambda plan, *a, **k: calls.append((plan.name, plan.C.shape))
                         or real(plan, *a, **k))
     model.forward(np.ones((5, 20), np.float32))
-    by_model = list(calls)
+    model.loss_and_errors(np.eye(300, dtype=np.float32)[:5])
+    model.sgd_update(np.float32(0.1), model.layer_inputs())      # the fused step's updates
+    by_model = [c for c in calls if c[0] == "forward"]
     assert by_model == [("forward", (5, 600)), ("forward", (5, 300))]
+    assert [shape for name, shape in calls if name == "update"] == [(600, 20), (12, 600), (300, 12)]
     calls.clear()
     bench._Gemms(layers, 5, np.float32, np.random.default_rng(1), fused=True).run()
     added = [c for c in calls if c[0] == "forward"]
