@@ -110,7 +110,7 @@ class _Gemms:
         self.Z = [fill(K, m) for m in layers[1:]]
         self.A = [fill(K, m) for m in layers[1:-1]]           # hidden activations, the next layer's input
         self.dZ = [fill(K, m) for m in layers[1:]]
-        inputs = [self.X] + self.A
+        self.inputs = inputs = [self.X] + self.A                # layer l's input A_prev
         # the gemm calls, their arguments made once, as the step makes them (mbtrain.model)
         self.forward = [gemm.Product("forward", Z, A, False, W, True) if bias_in_product(l, W.shape[0], dtype)
                         else None for l, (Z, A, W) in enumerate(zip(self.Z, inputs, self.W))]
@@ -118,7 +118,7 @@ class _Gemms:
                        for W, dZ, A in zip(self.W, self.dZ, inputs)]
 
     def run(self) -> None:
-        inputs = [self.X] + self.A
+        inputs = self.inputs
         for l, W in enumerate(self.W):
             if self.forward[l] is not None:
                 self.forward[l](1.0, 1.0)                           # forward   Z += A_prev @ W.T  (K, m)

@@ -184,15 +184,16 @@ def _axpy_routine(dtype: np.dtype):
     """The ctypes axpy for dtype, checked against numpy, or None."""
     P = ctypes.c_void_p
     return _find(dtype, _AXPY_SYMBOLS, lambda integer, scalar: [integer, scalar, P, integer, P, integer],
-                 _axpy_agrees_with_numpy)
+                 functools.partial(_level1_agrees_with_numpy, beta=None))
 
 
-def _axpy_agrees_with_numpy(fn, dtype: np.dtype) -> bool:
+def _level1_agrees_with_numpy(fn, dtype: np.dtype, beta: float | None) -> bool:
+    """True when fn makes y = -0.5 x + y (axpy, beta None) or y = -0.5 x + beta y (axpby) as numpy does."""
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal(7).astype(dtype), rng.standard_normal(7).astype(dtype)
-    expected = y + -0.5 * x
+    expected = -0.5 * x + (1.0 if beta is None else beta) * y
     try:
-        fn(len(y), -0.5, x.ctypes.data, 1, y.ctypes.data, 1)
+        fn(len(y), -0.5, x.ctypes.data, 1, *([] if beta is None else [beta]), y.ctypes.data, 1)
     except Exception:                               # noqa: BLE001 - any failure means: use numpy
         return False
     return bool(np.allclose(y, expected, rtol=1e-5, atol=1e-5))
@@ -216,24 +217,14 @@ def _axpby_routine(dtype: np.dtype):
     P = ctypes.c_void_p
     return _find(dtype, _AXPBY_SYMBOLS,
                  lambda integer, scalar: [integer, scalar, P, integer, scalar, P, integer],
-                 _axpby_agrees_with_numpy)
-
-
-def _axpby_agrees_with_numpy(fn, dtype: np.dtype) -> bool:
-    rng = np.random.default_rng(2)
-    x, y = rng.standard_normal(7).astype(dtype), rng.standard_normal(7).astype(dtype)
-    expected = -0.5 * x + 0.25 * y
-    try:
-        fn(len(y), -0.5, x.ctypes.data, 1, 0.25, y.ctypes.data, 1)
-    except Exception:                               # noqa: BLE001 - any failure means: use numpy
-        return False
-    return bool(np.allclose(y, expected, rtol=1e-5, atol=1e-5))
+                 functools.partial(_level1_agrees_with_numpy, beta=0.25))
 
 
 class Level1(NamedTuple):
     """numpy's BLAS axpy and axpby for one dtype, called on addresses: axpy(n, alpha, x, 1, y, 1)
     makes y = alpha x + y, axpby(n, alpha, x, 1, beta, y, 1) makes y = alpha x + beta y, over n
-    contiguous entries. For plans that resolve their arrays once (mbtrain.optim's SGD step)."""
+    contiguous entries. For steps that resolve their arrays once (mbtrain.optim's SGD with momentum or
+    decay, RMSprop, Adam)."""
     axpy: Callable
     axpby: Callable
 
@@ -272,20 +263,22 @@ class AxpyPlan:
         self._fn = _axpy_routine(pairs[0][0].dtype) if pairs else None
         for y, x in pairs:
             _check_axpy(y, x)
-        self._calls = []
-        if self._fn is not None:                    # the calls' arguments as ctypes values, made once:
-            kinds = self._fn.argtypes               # 4.0 against 5.4 us a call over Nielsen's parameters
-            self._alpha = kinds[1]
-            one = kinds[3](1)
-            self._calls = [(kinds[0](y.size), kinds[2](_address(x)), one, kinds[4](_address(y)), one)
-                           for y, x in pairs if y.size]
+        # the calls' arguments as ctypes values, made once (_ctypes_arguments): 4.0 against 5.4 us a
+        # call over Nielsen's parameters; alpha (position 1) is set at each call
+        self._calls = [_ctypes_arguments(self._fn, [y.size, 0.0, _address(x), 1, _address(y), 1])
+                       for y, x in pairs if y.size]
 
     def __call__(self, alpha: float) -> None:
         fn = self._fn
         if self._calls:
-            a = self._alpha(alpha)
-            for n, x, incx, y, incy in self._calls:
+            a = fn.argtypes[1](alpha)
+            for n, _, x, incx, y, incy in self._calls:
                 fn(n, a, x, incx, y, incy)
+
+
+def _ctypes_arguments(fn, values: list) -> list:
+    """values converted once to the ctypes types of fn's arguments, so a call passes them as they are."""
+    return [kind(value) for kind, value in zip(fn.argtypes, values)]
 
 
 def _check_axpy(y: np.ndarray, x: np.ndarray) -> None:
@@ -409,7 +402,6 @@ class Product:
 
     def __init__(self, name: str, C: np.ndarray, A: np.ndarray, trans_a: bool, B: np.ndarray, trans_b: bool):
         self.name, self.C, self.A, self.B, self.trans = name, C, A, B, (trans_a, trans_b)
-        self._scalars = (None, None)
         self._make()
 
     def _make(self) -> None:
@@ -423,11 +415,9 @@ class Product:
         if args is None:
             self._args = None
             return
-        kinds = self.fn.argtypes
         args[_ALPHA] = args[_BETA] = 0.0
-        self._args = [kind(value) for kind, value in zip(kinds, args)]
-        self._kinds = kinds
-        self._scalars = (None, None)
+        self._args = _ctypes_arguments(self.fn, args)
+        self._scalars = (None, None)                   # alpha and beta as last set in _args
 
     def __call__(self, alpha: float, beta: float = 1.0, A: np.ndarray | None = None,
                  B: np.ndarray | None = None) -> None:
@@ -442,7 +432,8 @@ class Product:
             _degenerate(self.C, self.A, self.trans[0], beta)
             return
         if (alpha, beta) != self._scalars:
-            args[_ALPHA], args[_BETA] = self._kinds[_ALPHA](alpha), self._kinds[_BETA](beta)
+            kinds = self.fn.argtypes
+            args[_ALPHA], args[_BETA] = kinds[_ALPHA](alpha), kinds[_BETA](beta)
             self._scalars = (alpha, beta)
         self.fn(*args)
 
