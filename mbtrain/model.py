@@ -103,7 +103,6 @@ class MLP:
         self.params = flat.pack(params, orders=orders)                # grads and optimizer state follow
         self.grads = flat.zeros_like(self.params)
         self.grad_buffer = flat.buffer(self.grads)
-        self._bias_step = [np.empty_like(b) for b in self.params[1::2]]   # scratch of sgd_update
         self.activation_name, self.output_name = activation, output
         self.act = activations.get(activation)
         self.out = losses.get(output)
@@ -141,6 +140,8 @@ class MLP:
         dact_dtype = bool if self.act.step_derivative else self.dtype   # a 0/1 sigma' is a mask
         self.dact = [flat.aligned((K, m), dact_dtype) for m in self.layers[1:-1]]   # sigma'(Z) of hidden layers
         self._products = {}                                  # gemm.Product per (kind, layer), made at first use
+        self._ones_row = rowops.ones(K, self.dtype).reshape(1, K)              # sgd_update's bias products:
+        self._bias_rows = [b.reshape(1, -1) for b in self.params[1::2]]       # b = b - lr 1^T dZ   (1, m)
         self._K = K
 
     def forward(self, X: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:
@@ -181,10 +182,11 @@ class MLP:
         self.backward(dZ)
         return loss
 
-    def loss_and_errors(self, Y: np.ndarray) -> float:
-        """Mean loss of the last forward() batch against Y (K, m_L); fills the errors and bias gradients."""
+    def loss_and_errors(self, Y: np.ndarray, bias_gradients: bool = True) -> float:
+        """Mean loss of the last forward() batch against Y (K, m_L); fills the errors (and the bias
+        gradients, unless bias_gradients is False: sgd_update makes the bias step from the errors)."""
         loss, dZ = self.out.loss_and_delta(self.Z[-1], Y, self.dZ[-1])     # (K, m_L)
-        self.backward_errors(dZ)
+        self.backward_errors(dZ, bias_gradients)
         return loss
 
     def layer_inputs(self) -> list[np.ndarray]:
@@ -201,11 +203,17 @@ class MLP:
         for l in range(len(self.Z)):
             weight_gradient(self.dZ[l], self._layer_input(l), self.grads[2 * l])   # dW = dZ.T @ A_prev  (m, n)
 
-    def backward_errors(self, dZ: np.ndarray) -> None:
+    def bias_gradients(self) -> None:
+        """db = dZ.sum(0) of every layer into self.grads, from the errors of backward_errors()."""
+        for l in range(len(self.Z)):
+            rowops.column_sums(self.dZ[l], out=self.grads[2 * l + 1])   # (m,)
+
+    def backward_errors(self, dZ: np.ndarray, bias_gradients: bool = True) -> None:
         """Every layer's error dZ (K, m) into self.dZ, and the bias gradients, from the output error dZ.
 
         Everything of backward() but the weight-gradient products, which an SGD step can fold
-        into the weight update itself (sgd_update).
+        into the weight update itself (sgd_update), as it can the bias gradients' column sums
+        (bias_gradients False: self.grads' db are left as they were).
         """
         if dZ is not self.dZ[-1]:
             np.copyto(self.dZ[-1], dZ)
@@ -214,7 +222,8 @@ class MLP:
             self.error_squares[-1] = float(np.vdot(dZ, dZ))
         for l in range(len(self.Z) - 1, -1, -1):
             W = self.params[2 * l]
-            rowops.column_sums(dZ, out=self.grads[2 * l + 1])      # db = dZ.sum(0)      (m,)
+            if bias_gradients:
+                rowops.column_sums(dZ, out=self.grads[2 * l + 1])  # db = dZ.sum(0)      (m,)
             if l > 0:
                 dZ_prev = gemm.matmul(dZ, W, out=self.dZ[l - 1])     # dZ @ W              (K, n)
                 if self.masks is not None:
@@ -225,20 +234,22 @@ class MLP:
                 dZ = dZ_prev
 
     def sgd_update(self, lr, inputs: list[np.ndarray]) -> None:
-        """Plain SGD on every layer: b -= lr db, and W -= lr * dZ.T @ A_prev computed by the product itself.
+        """Plain SGD on every layer, each step made by a product itself: b -= lr * ones^T dZ and
+        W -= lr * dZ.T @ A_prev.
 
-        Call after backward_errors(); needs gemm.available(self.dtype). No dW array is formed.
-        lr: a scalar of the model's dtype; inputs: layer_inputs() of this batch (the caller's guard
-        has them already).
+        Call after backward_errors(); needs gemm.available(self.dtype). No dW or db array is formed
+        (backward_errors may skip the column sums). lr: a scalar of the model's dtype; inputs:
+        layer_inputs() of this batch (the caller's guard has them already).
         """
         for l, A_prev in enumerate(inputs):
-            b = self.params[2 * l + 1]
-            b -= np.multiply(self.grads[2 * l + 1], lr, out=self._bias_step[l])       # b -= lr db
-            update = self._product("update", l, self.params[2 * l], self.dZ[l], True, A_prev, False)
+            dZ = self.dZ[l]
+            bias = self._product("bias", l, self._bias_rows[l], self._ones_row, False, dZ, False)
+            bias(-lr, 1.0)                                               # b = 1 b + (-lr) 1^T dZ   (1, m)
+            update = self._product("update", l, self.params[2 * l], dZ, True, A_prev, False)
             update(-lr, 1.0, B=A_prev)                                   # W = 1 W + (-lr) dZ^T A_prev
 
     def _product(self, kind: str, l: int, C, A, trans_a: bool, B, trans_b: bool) -> gemm.Product:
-        """The gemm.Product of layer l's `kind` ("forward" or "update") on this batch size's buffers,
+        """The gemm.Product of layer l's `kind` ("forward", "bias" or "update") on this batch size's buffers,
         made at its first use (its batch operand follows each call's)."""
         plan = self._products.get((kind, l))
         if plan is None:

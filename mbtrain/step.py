@@ -9,11 +9,13 @@ not: its messages stay the same).
 
 Plain SGD (no momentum, no weight decay, no clipping) takes a fused path when numpy's BLAS
 allows it (mbtrain.gemm): after the errors dZ of every layer are known and vouched for, each
-weight update is made by the weight-gradient product itself,
+weight update is made by the weight-gradient product itself, and each bias update by the
+product that sums the errors over the batch (a row of K ones),
 
     W = W - lr dZ^T A_prev                  (m, n)
+    b = b - lr 1^T dZ                       (m,)
 
-so no dW array is written and no pass over the weights follows. The guard vouches from the
+so no dW or db array is written and no pass over the weights follows. The guard vouches from the
 errors and layer inputs, which bound every gradient entry; when it cannot, the step falls back
 to the general path, which forms the gradients and checks them. Both paths are deterministic;
 they can differ in the last bit (the BLAS kernel may fuse the multiply and the add).
@@ -79,11 +81,12 @@ class TrainStep:
         model = self.model
         model.forward(X, masks)                                        # (K, m_L)
         if self.fused:
-            loss = model.loss_and_errors(Y)                            # every dZ and db, no dW
+            loss = model.loss_and_errors(Y, bias_gradients=False)      # every dZ, no db or dW
             if self._vouched(loss, X):
-                model.sgd_update(model.dtype.type(self.opt.lr), model.layer_inputs())   # b -= lr db, W -= lr dZ^T A_prev
+                model.sgd_update(model.dtype.type(self.opt.lr), model.layer_inputs())   # b -= lr 1^T dZ, W -= lr dZ^T A_prev
                 return loss
-            model.weight_gradients()                                   # not vouched for: form dW, check it
+            model.bias_gradients()                                     # not vouched for: form db and dW,
+            model.weight_gradients()                                   # check them
         else:
             loss = model.loss_and_backward(Y)
             if self.vouches and self._vouched(loss, X):                # every dW and db finite: no pass over them

@@ -125,8 +125,8 @@ def test_a_step_under_mkl_runs_every_product_through_mkl(monkeypatch):
     with gemm.using("numpy"):
         np.testing.assert_allclose(predicted, model.predict(_batch(np.float32)[0]), rtol=1e-5, atol=1e-6)
     assert len(matrix_products) == 3                      # only the numpy run of predict
-    # 3 layers: 3 forward products, 2 error products, 3 updates
-    assert sorted(name for name, _ in calls) == ["matmul"] * 8 + ["update"] * 3
+    # 3 layers: 3 forward products, 2 error products, 3 bias updates, 3 weight updates
+    assert sorted(name for name, _ in calls) == ["bias"] * 3 + ["matmul"] * 8 + ["update"] * 3
     assert all(fn is mkl_routine for _, fn in calls)
 
 
