@@ -239,6 +239,26 @@ def test_fused_sgd_matches_the_general_path(dtype, with_dropout, layers):
 
 
 @needs_gemm
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fused_bias_step_is_lr_times_the_column_sums_of_the_errors(dtype):
+    """b = b - lr 1^T dZ by one gemm call per layer: against float64 column sums of the step's own
+    errors; the bias gradients in model.grads are not formed (the general path's are)."""
+    model = _model(dtype)
+    s = step.TrainStep(model, optim.SGD(model.params, lr=0.3))
+    assert s.fused
+    for g in model.grads[1::2]:
+        g[...] = 7                                       # a sentinel no fused step writes over
+    for X, Y in _batches(dtype, 3):
+        before = [b.astype(np.float64) for b in model.biases]
+        s(X, Y)
+        tol = 1e-6 if dtype == np.float32 else 1e-14
+        for b, b0, dZ in zip(model.biases, before, model.dZ):
+            np.testing.assert_allclose(b, b0 - 0.3 * dZ.astype(np.float64).sum(axis=0), rtol=tol, atol=tol)
+    for g in model.grads[1::2]:
+        assert (g == 7).all()
+
+
+@needs_gemm
 def test_fused_sgd_is_deterministic():
     runs = []
     for _ in range(2):
