@@ -103,6 +103,7 @@ class MLP:
         self.params = flat.pack(params, orders=orders)                # grads and optimizer state follow
         self.grads = flat.zeros_like(self.params)
         self.grad_buffer = flat.buffer(self.grads)
+        self._bias_rows = [b.reshape(1, -1) for b in self.params[1::2]]   # each b as a (1, m) row, for sgd_update
         self.activation_name, self.output_name = activation, output
         self.act = activations.get(activation)
         self.out = losses.get(output)
@@ -140,8 +141,7 @@ class MLP:
         dact_dtype = bool if self.act.step_derivative else self.dtype   # a 0/1 sigma' is a mask
         self.dact = [flat.aligned((K, m), dact_dtype) for m in self.layers[1:-1]]   # sigma'(Z) of hidden layers
         self._products = {}                                  # gemm.Product per (kind, layer), made at first use
-        self._ones_row = rowops.ones(K, self.dtype).reshape(1, K)              # sgd_update's bias products:
-        self._bias_rows = [b.reshape(1, -1) for b in self.params[1::2]]       # b = b - lr 1^T dZ   (1, m)
+        self._ones_row = rowops.ones(K, self.dtype).reshape(1, K)   # sgd_update's b = b - lr 1^T dZ
         self._K = K
 
     def forward(self, X: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:
