@@ -154,6 +154,11 @@ class Trainer:
         self._masks = dropout.Masks(cfg.seed, self.model.layers[1:-1], cfg.model.dropout, self.model.dtype)
         self.steps = 0
 
+    def close(self) -> None:
+        """Stop the batch stream and its prefetch worker (thread or process)."""
+        self.stream.close()
+        self.batches.close()
+
     def masks(self, K: int) -> list[np.ndarray] | None:
         """This step's dropout masks, as fit draws them (None without dropout)."""
         self.steps += 1
@@ -172,7 +177,7 @@ class Trainer:
         self.opt.step(self.model.grads)
 
 
-# pause after each timed block: the vectorized step's prefetch thread (when on) goes on filling
+# pause after each timed block: the vectorized step's prefetch worker (when on) goes on filling
 # its queue after the block and would otherwise run during the next implementation's timing
 SETTLE_SECONDS = 0.02
 
@@ -214,9 +219,9 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):     # alternate the order (around vectorized)
             fn, n = runs[name]
             times[name].append(_timed(fn, n))
-            time.sleep(SETTLE_SECONDS)      # a prefetch thread refills its queue outside any timing
+            time.sleep(SETTLE_SECONDS)      # a prefetch worker refills its ring outside any timing
     for trainer in (vectorized, per_sample):
-        trainer.stream.close()                                              # stops a prefetch thread
+        trainer.close()
     seconds = {name: statistics.median(v) for name, v in times.items()}
     rate = {name: K / s for name, s in seconds.items()}
     ratios = lambda slow, fast: [a / b for a, b in zip(times[slow], times[fast])]   # each repeat's own
@@ -228,6 +233,7 @@ def _run(cfg: Config, steps: int | None, repeats: int) -> dict:
         "dropout": cfg.model.dropout,
         "batch_size": K, "dtype": t.dtype, "optimizer": getattr(vectorized.opt, "name", "sgd"),
         "fused_update": vectorized.train_step.fused, "prefetch": vectorized.batches.prefetch,
+        "prefetch_worker": vectorized.batches.worker,
         "steps": steps, "per_sample_steps": per_sample_steps, "repeats": repeats, **timing,
         "speedup_over_per_sample": paired("per_sample", "vectorized"),
         "vectorized_over_gemm_bound": paired("gemm_bound", "vectorized"),
@@ -279,7 +285,7 @@ def table(result: dict) -> str:
     lib = r["blas"]
     fused = " (update fused into the dW products)" if r["fused_update"] else ""
     fused += f", dropout {r['dropout']:g}" if r.get("dropout") else ""
-    fused += ", batches prefetched" if r["prefetch"] else ""
+    fused += f", batches prefetched by a {r.get('prefetch_worker') or 'thread'}" if r["prefetch"] else ""
     head = (f"network {'-'.join(map(str, r['network']))} {r['activation']}, batch {r['batch_size']}, "
             f"{r['dtype']}, {r['optimizer']}{fused}; {r['repeats']} repeats of {r['steps']} steps "
             f"({r['per_sample_steps']} per-sample); BLAS {lib['library']} {lib['version']}"

@@ -58,11 +58,15 @@ class DataConfig:
     block_rows: int = option(4096, "rows per contiguous block for data.shuffle = blocks", min=1, max=2**40)
     buffer_rows: int = option(65536, "rows shuffled together for data.shuffle = blocks (whole blocks)",
                               min=1, max=2**40)
-    prefetch: str = option("auto", "prepare the next batches in a background thread while the current one "
+    prefetch: str = option("auto", "prepare the next batches in the background while the current one "
                                    "trains: auto = on when the process may use more than one CPU and either "
                                    "the training data is memory-mapped, or train.threads leaves a CPU free "
                                    "and a batch holds 64 KiB or more",
                            choices=("auto", "on", "off"), kind="switch")
+    prefetch_worker: str = option("auto", "what prefetches: process = a forked child process filling shared "
+                                          "memory (no GIL shared with the step), thread = a thread; auto and "
+                                          "process give a process on Linux, a thread elsewhere",
+                                  choices=("auto", "process", "thread"))
     check: bool = option(True, "scan every value before step 1 (labels in range, no NaN/Inf); false "
                                "skips the scan for trusted data (shapes and dtypes are always checked)")
     normalize: str = option("none", "feature transform fitted on the training split and stored in the "

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbtrain import flat, prefetch, streaming
+from mbtrain import flat, streaming
+from mbtrain import prefetch as prefetch_module
 from mbtrain.checks import check  # noqa: F401  (data.check stays importable)
 from mbtrain.errors import DataError
 from mbtrain.normalize import Normalization
@@ -169,20 +170,23 @@ PREFETCH_CHUNK_BYTES = 1 << 21
 class Batches:
     """Minibatches of a Dataset in the epoch's seeded order (mbtrain.order), gathered into reused buffers.
 
-    With prefetch, a background thread gathers the next batches while the current one trains;
-    the batches are identical either way. `wait_seconds` adds up the time the training loop
+    With prefetch, a worker (mbtrain.prefetch: a forked process, or a thread) gathers the next
+    batches while the current one trains; the batches are identical either way. `wait_seconds` adds up the time the training loop
     spent waiting for batches (the loader's share of the step, for `mbtrain bench`).
     """
 
     def __init__(self, data: Dataset, batch_size: int, drop_last: bool, dtype, classes: int, seed: int,
                  shuffle: str = "full", block_rows: int = 4096, buffer_rows: int = 65536,
-                 prefetch: bool = False):
+                 prefetch: bool = False, prefetch_worker: str = "auto"):
         self.data, self.batch_size, self.drop_last = data, batch_size, drop_last
         self.dtype, self.classes, self.seed = np.dtype(dtype), classes, seed
         self.shuffle, self.block_rows, self.buffer_rows = shuffle, block_rows, buffer_rows
         self.prefetch = prefetch
+        self.worker = prefetch_module.worker(prefetch_worker) if prefetch else None   # "process", "thread"
         self.wait_seconds = 0.0
         self._buffers = {}
+        self._ring = None                   # a process worker's slots, in shared memory
+        self._forked = None                 # ... and the worker (mbtrain.prefetch.Forked)
 
     def steps_per_epoch(self) -> int:
         n, K = len(self.data), self.batch_size
@@ -228,7 +232,13 @@ class Batches:
                 self.wait_seconds += clock() - waited
                 yield from batches
             return
-        source = prefetch.prefetched(jobs, self._fill)
+        if self.worker == "process":
+            if self._forked is None:        # the ring before the fork: the child writes these pages
+                self._shared_ring()
+                self._forked = prefetch_module.Forked()
+            source = self._forked.run(self.row_chunks, (epoch, first_step), self._fill_slot, self._views)
+        else:
+            source = prefetch_module.prefetched(jobs, self._fill)
         try:
             waited = clock()
             for batches in source:
@@ -236,7 +246,7 @@ class Batches:
                 yield from batches
                 waited = clock()
         finally:
-            source.close()                  # stops the prefetch thread when the loop ends early
+            source.close()                  # stops the worker when the loop ends early
 
     def _fill(self, rows: np.ndarray, slot: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Gather a chunk's rows into buffer slot `slot` in one go; (X, Y) views, one per batch."""
@@ -244,6 +254,34 @@ class Batches:
         self.data.gather(rows, X, Y)
         K = self.batch_size
         return [(X[at:at + K], Y[at:at + K]) for at in range(0, len(rows), K)]
+
+    def close(self) -> None:
+        """Stop a prefetching child process now (it also stops with this object, or with this process)."""
+        if self._forked is not None:
+            self._forked.close()
+
+    def _fill_slot(self, rows: np.ndarray, slot: int) -> int:
+        """Gather a chunk's rows into shared ring slot `slot` (a process worker's job); its row count."""
+        X, Y = self._slot(slot, len(rows))
+        self.data.gather(rows, X, Y)
+        return len(rows)
+
+    def _views(self, slot: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(X, Y) views of the n rows in shared ring slot `slot`, one per batch."""
+        X, Y = self._slot(slot, n)
+        K = self.batch_size
+        return [(X[at:at + K], Y[at:at + K]) for at in range(0, n, K)]
+
+    def _shared_ring(self) -> None:
+        """The process worker's ring: depth + 2 slots of a chunk's rows (X, Y), in shared memory."""
+        if self._ring is None:
+            rows = self.batches_per_chunk() * self.batch_size
+            specs = [((rows, self.data.features), self.dtype), ((rows, self.classes), self.dtype)]
+            self._ring = [prefetch_module.shared_arrays(specs) for _ in range(prefetch_module.DEPTH + 2)]
+
+    def _slot(self, slot: int, n: int):
+        X, Y = self._ring[slot]
+        return X[:n], Y[:n]
 
     def _buffer(self, n: int, slot: int):
         if (n, slot) not in self._buffers:

@@ -34,7 +34,7 @@ def measure(cfg: Config, train_set: data.Dataset, steps: int, repeats: int) -> d
                 times[setting].append(_run(trainers[setting], steps))
     finally:
         for trainer in trainers.values():
-            trainer.stream.close()                                 # stops the prefetch thread
+            trainer.close()                                        # stops the prefetch worker
     result = {}
     for setting, pairs in times.items():
         step = statistics.median(p[0] for p in pairs)

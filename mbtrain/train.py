@@ -60,7 +60,7 @@ def make_batches(cfg: Config, train_set: data.Dataset, prefetch_setting: str | N
     return data.Batches(train_set, t.batch_size, d.drop_last if drop_last is None else drop_last, t.dtype,
                         cfg.model.layers[-1], cfg.seed, d.shuffle, d.block_rows, d.buffer_rows,
                         prefetch.enabled(prefetch_setting or d.prefetch, train_set.file_backed, t.threads,
-                                         batch_bytes))
+                                         batch_bytes), d.prefetch_worker)
 
 
 def evaluate(model: MLP, dataset: data.Dataset, batch_size: int) -> dict:
@@ -141,14 +141,17 @@ def fit(cfg: Config, run_dir: str, resume: checkpoint.Checkpoint | None = None,
     wall_start = time.perf_counter()
     # overflow to inf/nan is caught by guard.check_step with a clear message, not numpy warnings
     with _StopFlag() as stop, np.errstate(over="ignore", invalid="ignore"):
-        for epoch in range(state["epoch"], t.epochs):
-            if state["stopped_early"]:                  # resumed from a run that had stopped early
-                break
-            epoch_start = time.perf_counter()
-            lr_epoch = schedules.lr_at(t, epoch * steps, steps, state["lr_scale"])  # at the first step
-            run.train_epoch(epoch, epoch_start, stop, show_bar)
-            if run.end_epoch(epoch, epoch_start, lr_epoch, val_set, log):
-                break
+        try:
+            for epoch in range(state["epoch"], t.epochs):
+                if state["stopped_early"]:              # resumed from a run that had stopped early
+                    break
+                epoch_start = time.perf_counter()
+                lr_epoch = schedules.lr_at(t, epoch * steps, steps, state["lr_scale"])  # at the first step
+                run.train_epoch(epoch, epoch_start, stop, show_bar)
+                if run.end_epoch(epoch, epoch_start, lr_epoch, val_set, log):
+                    break
+        finally:
+            run.batches.close()                         # a prefetching child process stops here
     if t.restore_best:
         _restore_best(run.model, run.ckpt_dir)
     return _summary(cfg, run_dir, run.model, state, run.metrics.rows, test_set, run.ckpt_dir,

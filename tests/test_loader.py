@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from conftest import make_blobs
-from mbtrain import checks, data, normalize, order, streaming
+from mbtrain import checks, data, normalize, order, prefetch, streaming
 from mbtrain.errors import DataError
 
 
 def _batches(n=103, K=10, shuffle="full", prefetch=False, drop_last=False, seed=7, d=3, start=0,
-             block_rows=8, buffer_rows=20):
+             block_rows=8, buffer_rows=20, worker="auto"):
     x = np.arange(n * d, dtype=np.float32).reshape(n, d)       # row i holds 3i, 3i+1, 3i+2
     y = np.arange(n) % 4
     dataset = data.Dataset(x, y, "mem")
     if start:
         dataset, _ = data.Dataset(x, y, "mem", start, n).split(0)
     return data.Batches(dataset, K, drop_last, np.float64, 4, seed, shuffle, block_rows, buffer_rows,
-                        prefetch)
+                        prefetch, worker)
 
 
 def _rows_seen(batches, epoch, first_step=0):
@@ -83,37 +88,129 @@ def test_resume_from_a_step_gives_the_same_batches():
         assert all(np.array_equal(a, b) for a, b in zip(full[4:], resumed))
 
 
+WORKERS = ["thread"] + (["process"] if prefetch.can_fork() else [])
+
+
+@pytest.mark.parametrize("worker", WORKERS)
 @pytest.mark.parametrize("shuffle", order.SHUFFLES)
-def test_prefetch_gives_identical_batches(shuffle):
+def test_prefetch_gives_identical_batches(shuffle, worker):
     plain = [(X.copy(), Y.copy()) for X, Y in _batches(shuffle=shuffle).epoch(1, 3)]
-    ahead = [(X.copy(), Y.copy()) for X, Y in _batches(shuffle=shuffle, prefetch=True).epoch(1, 3)]
+    batches = _batches(shuffle=shuffle, prefetch=True, worker=worker)
+    assert batches.worker == worker
+    ahead = [(X.copy(), Y.copy()) for X, Y in batches.epoch(1, 3)]
     assert len(plain) == len(ahead) == 8
     for (X1, Y1), (X2, Y2) in zip(plain, ahead):
         assert np.array_equal(X1, X2) and np.array_equal(Y1, Y2)
 
 
-def test_prefetch_buffer_stays_valid_until_the_next_batch():
-    batches = _batches(prefetch=True)
+@pytest.mark.parametrize("worker", WORKERS)
+def test_prefetch_buffer_stays_valid_until_the_next_batch(worker, monkeypatch):
+    monkeypatch.setattr(data, "PREFETCH_CHUNK_BYTES", 240)      # one batch per hand-over: the ring turns over
+    batches = _batches(prefetch=True, worker=worker)
     for X, _ in batches.epoch(0):
         before = X.copy()
-        threading.Event().wait(0.002)                # give the thread time to run ahead
+        threading.Event().wait(0.002)                # give the worker time to run ahead
         assert np.array_equal(X, before)
 
 
 def test_prefetch_thread_stops_when_the_loop_stops_early():
     before = threading.active_count()
-    batches = _batches(n=1000, prefetch=True)
+    batches = _batches(n=1000, prefetch=True, worker="thread")
     for i, _ in enumerate(batches.epoch(0)):
         if i == 2:
             break
     assert threading.active_count() == before
 
 
-def test_prefetch_raises_the_threads_error():
-    batches = _batches(prefetch=True)
+def _gone(pid: int) -> bool:
+    """True when process pid has exited (reaped, or a zombie whose parent has not reaped it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not prefetch.can_fork(), reason="a prefetch process needs os.fork on Linux")
+def test_prefetch_process_serves_every_epoch_and_stops_when_the_loop_stops_early(monkeypatch):
+    monkeypatch.setattr(data, "PREFETCH_CHUNK_BYTES", 480)      # two batches per hand-over
+    batches = _batches(n=1000, prefetch=True, worker="process")
+    plain = _batches(n=1000)
+    children = set()
+    for epoch, first in ((0, 0), (1, 0), (2, 37)):            # one child for all of them; a resumed epoch
+        for (X, Y), (X0, Y0) in zip(batches.epoch(epoch, first), plain.epoch(epoch, first), strict=True):
+            assert np.array_equal(X, X0) and np.array_equal(Y, Y0)
+            children.add(batches._forked.pid)
+    assert len(children) == 1 and not _gone(children.pop())
+    for i, _ in enumerate(batches.epoch(3)):
+        if i == 0:
+            child = batches._forked.pid
+        if i == 2:
+            break
+    assert batches._forked.pid is None and _gone(child)       # stopped and reaped
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)
+    X0 = [X.copy() for X, _ in plain.epoch(4)]                  # the next epoch forks another child
+    assert all(np.array_equal(X, X1) for X, X1 in zip((X for X, _ in batches.epoch(4)), X0))
+    batches.close()
+
+
+@pytest.mark.skipif(not prefetch.can_fork(), reason="a prefetch process needs os.fork on Linux")
+def test_a_killed_prefetch_process_leaves_the_epoch_to_the_loop(monkeypatch):
+    monkeypatch.setattr(data, "PREFETCH_CHUNK_BYTES", 240)      # one batch per hand-over
+    batches, plain = _batches(n=500, prefetch=True, worker="process"), _batches(n=500)
+    seen = []
+    for i, (X, Y) in enumerate(batches.epoch(1)):
+        if i == 5:
+            os.kill(batches._forked.pid, signal.SIGINT)          # Ctrl-C is the loop's: the child goes on
+            time.sleep(0.05)
+            assert batches._forked.pid is not None and not _gone(batches._forked.pid)
+        if i == 9:
+            os.kill(batches._forked.pid, signal.SIGKILL)
+        seen.append((X.copy(), Y.copy()))
+    assert batches._forked.pid is None                          # gathered here from batch ~10 on
+    want = [(X.copy(), Y.copy()) for X, Y in plain.epoch(1)]
+    assert len(seen) == len(want) == 50
+    assert all(np.array_equal(a, c) and np.array_equal(b, d) for (a, b), (c, d) in zip(seen, want))
+
+
+@pytest.mark.skipif(not prefetch.can_fork(), reason="a prefetch process needs os.fork on Linux")
+def test_a_prefetch_process_dies_with_its_parent(tmp_path):
+    script = (
+        "import os, signal, sys, numpy as np\n"
+        "from mbtrain import data\n"
+        "data.PREFETCH_CHUNK_BYTES = 120\n"                      # one batch per hand-over: the child waits
+        "x = np.zeros((4000, 3), np.float32); y = np.zeros(4000, np.int64)\n"
+        "b = data.Batches(data.Dataset(x, y, 'mem'), 10, False, np.float32, 2, 0, prefetch=True)\n"
+        "it = b.epoch(0); next(it)\n"
+        "print(b._forked.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    child = int(out.stdout)
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _gone(child)
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_prefetch_raises_the_workers_error(worker):
+    batches = _batches(prefetch=True, worker=worker)
     batches.data.y = batches.data.y.astype(np.int64) + 10      # labels past the 4 classes
     with pytest.raises(DataError, match=r"mem: a label among rows \d+\.\.\d+ is outside \[0, 4\)"):
         list(batches.epoch(0))
+    assert worker == "thread" or batches._forked.pid is None
+
+
+def test_prefetch_worker_is_a_process_where_fork_is_safe(monkeypatch):
+    assert prefetch.worker("thread") == "thread"
+    monkeypatch.setattr(prefetch, "can_fork", lambda: True)
+    assert prefetch.worker("auto") == prefetch.worker("process") == "process"
+    monkeypatch.setattr(prefetch, "can_fork", lambda: False)    # macOS, Windows
+    assert prefetch.worker("auto") == prefetch.worker("process") == "thread"
+    with pytest.raises(ValueError, match="unknown prefetch worker 'fork'"):
+        prefetch.worker("fork")
 
 
 # ---------------------------------------------------------------- data checks
