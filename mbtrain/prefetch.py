@@ -20,6 +20,7 @@ the thread still takes it between its calls, and the step then waits for it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import mmap
 import os
@@ -174,10 +175,13 @@ class Forked:
 
     def run(self, jobs_for, args: tuple[int, int], fill, receive):
         if self.pid is None:
-            self._fork(jobs_for, fill)
+            try:
+                self._fork(jobs_for, fill)
+            except OSError:                         # no fork now (memory, process limits): no prefetch
+                pass
         done, finished = 0, False                   # items handed out; all jobs done
         try:
-            if _send(self._commands, _COMMAND.pack(*args)):
+            if self.pid is not None and _send(self._commands, _COMMAND.pack(*args)):
                 while True:
                     if done and not _send(self._free, b"\0"):    # the consumer moved past item done - 1
                         break
@@ -202,13 +206,18 @@ class Forked:
         ready_r, ready_w = os.pipe()                # child -> parent: receipts
         free_r, free_w = os.pipe()                  # parent -> child: one byte per slot freed
         os.write(free_w, bytes(self.slots - 1))     # the child may fill all slots but the one in use
-        parent = os.getpid()
+        parent, death_signal = os.getpid(), _death_signal()   # looked up here: the child loads nothing
         closing = [commands_w, ready_r, free_w, *_PARENT_ENDS]
-        with warnings.catch_warnings():             # Python 3.12+ warns on forking a multi-threaded
-            warnings.simplefilter("ignore", DeprecationWarning)   # process; the child runs only the jobs
-            pid = os.fork()
+        try:
+            with warnings.catch_warnings():         # Python 3.12+ warns on forking a multi-threaded
+                warnings.simplefilter("ignore", DeprecationWarning)   # process; the child runs only the jobs
+                pid = os.fork()
+        except OSError:
+            for fd in (commands_r, commands_w, ready_r, ready_w, free_r, free_w):
+                os.close(fd)
+            raise
         if pid == 0:                                # the child: never returns
-            _child(jobs_for, fill, self.slots, commands_r, ready_w, free_r, closing, parent)
+            _child(jobs_for, fill, self.slots, commands_r, ready_w, free_r, closing, parent, death_signal)
         for fd in (commands_r, ready_w, free_r):
             os.close(fd)
         self.pid, self._commands, self._ready, self._free = pid, commands_w, ready_r, free_w
@@ -236,7 +245,7 @@ class Forked:
 
 
 def _child(jobs_for, fill, slots: int, commands_r: int, ready_w: int, free_r: int, closing: list[int],
-           parent: int):
+           parent: int, death_signal):
     """The forked child's whole life: for each run, fill each job's slot when it is free and send
     the receipts; exit when the parent closes its ends or one job fails."""
     status = 0
@@ -245,7 +254,10 @@ def _child(jobs_for, fill, slots: int, commands_r: int, ready_w: int, free_r: in
             os.close(fd)
         signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the training loop's to handle
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _exit_with(parent)
+        if death_signal is not None:
+            death_signal(1, signal.SIGKILL, 0, 0, 0)    # PR_SET_PDEATHSIG: Linux kills this child with its parent
+        if os.getppid() != parent:                      # the parent died before that
+            return
         while True:
             command = _read_exactly(commands_r, _COMMAND.size)
             if command is None:                         # the parent closed its end: stop
@@ -266,14 +278,13 @@ def _child(jobs_for, fill, slots: int, commands_r: int, ready_w: int, free_r: in
         os._exit(status)                                # no atexit handlers, no flushing the parent's buffers
 
 
-def _exit_with(parent: int) -> None:
-    """Have Linux kill this child when the process that forked it dies (prctl PR_SET_PDEATHSIG)."""
+@functools.lru_cache(maxsize=1)
+def _death_signal():
+    """libc's prctl, or None: a forked child asks it for SIGKILL when its parent dies."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):                   # pragma: no cover - not Linux
-        pass
-    if os.getppid() != parent:                          # it died before the call
-        os._exit(0)
+        return None
 
 
 def _send(fd: int, data: bytes) -> bool:

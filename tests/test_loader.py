@@ -194,6 +194,18 @@ def test_a_prefetch_process_dies_with_its_parent(tmp_path):
     assert _gone(child)
 
 
+@pytest.mark.skipif(not prefetch.can_fork(), reason="a prefetch process needs os.fork on Linux")
+def test_without_a_fork_the_loop_gathers_its_batches_itself(monkeypatch):
+    def refuse():
+        raise BlockingIOError(11, "Resource temporarily unavailable")   # fork's EAGAIN
+    monkeypatch.setattr(prefetch.os, "fork", refuse)
+    batches, plain = _batches(prefetch=True, worker="process"), _batches()
+    got = [(X.copy(), Y.copy()) for X, Y in batches.epoch(2)]
+    want = [(X.copy(), Y.copy()) for X, Y in plain.epoch(2)]
+    assert len(got) == len(want) == 11 and batches._forked.pid is None
+    assert all(np.array_equal(a, c) and np.array_equal(b, d) for (a, b), (c, d) in zip(got, want))
+
+
 @pytest.mark.parametrize("worker", WORKERS)
 def test_prefetch_raises_the_workers_error(worker):
     batches = _batches(prefetch=True, worker=worker)
