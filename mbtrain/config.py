@@ -61,7 +61,7 @@ class DataConfig:
     prefetch: str = option("auto", "prepare the next batches in the background while the current one "
                                    "trains: auto = on when the process may use more than one CPU and either "
                                    "the training data is memory-mapped, or train.threads leaves a CPU free "
-                                   "and a batch holds 64 KiB or more",
+                                   "(and, for a thread worker, a batch holds 64 KiB or more)",
                            choices=("auto", "on", "off"), kind="switch")
     prefetch_worker: str = option("auto", "what prefetches: process = a forked child process filling shared "
                                           "memory (no GIL shared with the step), thread = a thread; auto and "

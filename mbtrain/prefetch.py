@@ -42,13 +42,17 @@ _DONE = object()
 # data.PREFETCH_CHUNK_BYTES (2 MiB) at a time; with one batch per hand-over, A's batch 64 of
 # MNIST (203 KB) had trained 10-20 % slower with prefetch, and now trains 12 % faster
 # (whole steps alternated in one process, paired medians of 15 rounds; README, Data at scale).
+# A process worker has no such floor: Nielsen's step took 0.88 of its time without prefetch
+# (the thread's 0.96; /work/notes/s14/pfab3.py, 20 alternated rounds of 3,000 steps).
 MIN_BATCH_BYTES = 1 << 16
 
 
-def enabled(setting: str, file_backed: bool, threads: int = 0, batch_bytes: int = 0) -> bool:
+def enabled(setting: str, file_backed: bool, threads: int = 0, batch_bytes: int = 0,
+            worker: str = "thread") -> bool:
     """data.prefetch: on, off, or auto = on when this process may run on more than one CPU and either
     the training data is file-backed (memory-mapped), or train.threads leaves a CPU free for the
-    worker and a batch holds at least MIN_BATCH_BYTES.
+    worker ("process" or "thread", from worker()) and, for a thread, a batch holds at least
+    MIN_BATCH_BYTES.
 
     Reading rows from a file can wait on the disk, so overlapping it with the step pays. Gathering
     from memory overlaps too when a core would otherwise idle, but only for batches big enough to
@@ -63,7 +67,7 @@ def enabled(setting: str, file_backed: bool, threads: int = 0, batch_bytes: int 
         cpus = os.cpu_count() or 1
     if cpus <= 1:
         return False
-    return file_backed or (0 < threads < cpus and batch_bytes >= MIN_BATCH_BYTES)
+    return file_backed or (0 < threads < cpus and (worker == "process" or batch_bytes >= MIN_BATCH_BYTES))
 
 
 WORKERS = ("auto", "process", "thread")

@@ -57,10 +57,11 @@ def make_batches(cfg: Config, train_set: data.Dataset, prefetch_setting: str | N
     """The training minibatches as the config's data section describes them."""
     d, t = cfg.data, cfg.train
     batch_bytes = t.batch_size * train_set.features * np.dtype(t.dtype).itemsize
+    worker = prefetch.worker(d.prefetch_worker)
     return data.Batches(train_set, t.batch_size, d.drop_last if drop_last is None else drop_last, t.dtype,
                         cfg.model.layers[-1], cfg.seed, d.shuffle, d.block_rows, d.buffer_rows,
                         prefetch.enabled(prefetch_setting or d.prefetch, train_set.file_backed, t.threads,
-                                         batch_bytes), d.prefetch_worker)
+                                         batch_bytes, worker), worker)
 
 
 def evaluate(model: MLP, dataset: data.Dataset, batch_size: int) -> dict:

@@ -327,7 +327,9 @@ def test_prefetch_auto_needs_a_spare_cpu_and_big_enough_batches(monkeypatch):
     assert prefetch.enabled("auto", False, threads=1, batch_bytes=big)  # a CPU left for the thread
     assert not prefetch.enabled("auto", False, threads=0, batch_bytes=big)      # BLAS has every CPU
     assert not prefetch.enabled("auto", False, threads=2, batch_bytes=big)
-    assert not prefetch.enabled("auto", False, threads=1, batch_bytes=big - 1)  # hand-over costs more
+    assert not prefetch.enabled("auto", False, threads=1, batch_bytes=big - 1)  # a thread's hand-over costs more
+    assert prefetch.enabled("auto", False, threads=1, batch_bytes=1, worker="process")    # a process's does not
+    assert not prefetch.enabled("auto", False, threads=0, batch_bytes=big, worker="process")
     monkeypatch.setattr(prefetch.os, "sched_getaffinity", lambda pid: {0})
     assert not prefetch.enabled("auto", True)                          # one CPU: nothing to overlap
 
