@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from test_runs_cli import main_in_process
-from mbtrain import bench, blas, data, gemm, optim
+from mbtrain import bench, blas, data, gemm, optim, prefetch
 from mbtrain.config import load_config
 from mbtrain.model import MLP, init_params
 from mbtrain.train import build_model
@@ -172,6 +172,9 @@ def test_bench_json_reports_every_field(tiny_config):
     assert set(r["blas"]) == {"library", "version", "threads", "architecture"}
     assert r["blas"]["threads"] in (1, None) and r["threads"] == 1
     assert r["steps"] == 3 and r["per_sample_steps"] == 1 and r["repeats"] == 3
+    worker = prefetch.worker("auto")                # as fit would prefetch: threads 1 leaves a CPU free
+    assert r["prefetch"] == prefetch.enabled("auto", False, 1, 16 * 8 * 4, worker)
+    assert r["prefetch_worker"] == (worker if r["prefetch"] else None)
 
 
 def test_bench_table_and_bad_config(tiny_config, tmp_path):
