@@ -178,7 +178,7 @@ class Trainer:
 
 
 # pause after each timed block: the vectorized step's prefetch worker (when on) goes on filling
-# its queue after the block and would otherwise run during the next implementation's timing
+# its ring after the block and would otherwise run during the next implementation's timing
 SETTLE_SECONDS = 0.02
 
 

@@ -171,8 +171,9 @@ class Batches:
     """Minibatches of a Dataset in the epoch's seeded order (mbtrain.order), gathered into reused buffers.
 
     With prefetch, a worker (mbtrain.prefetch: a forked process, or a thread) gathers the next
-    batches while the current one trains; the batches are identical either way. `wait_seconds` adds up the time the training loop
-    spent waiting for batches (the loader's share of the step, for `mbtrain bench`).
+    batches while the current one trains; the batches are identical either way. `wait_seconds`
+    adds up the time the training loop spent waiting for batches (the loader's share of the
+    step, for `mbtrain bench`).
     """
 
     def __init__(self, data: Dataset, batch_size: int, drop_last: bool, dtype, classes: int, seed: int,
@@ -235,7 +236,7 @@ class Batches:
         if self.worker == "process":
             if self._forked is None:        # the ring before the fork: the child writes these pages
                 self._shared_ring()
-                self._forked = prefetch_module.Forked()
+                self._forked = prefetch_module.Forked(prefetch_module.DEPTH)   # as many slots as the ring
             source = self._forked.run(self.row_chunks, (epoch, first_step), self._fill_slot, self._views)
         else:
             source = prefetch_module.prefetched(jobs, self._fill)
@@ -252,8 +253,12 @@ class Batches:
         """Gather a chunk's rows into buffer slot `slot` in one go; (X, Y) views, one per batch."""
         X, Y = self._buffer(len(rows), slot)
         self.data.gather(rows, X, Y)
+        return self._split(X, Y)
+
+    def _split(self, X: np.ndarray, Y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A chunk's (X, Y) as views of batch_size rows each (the last may be shorter)."""
         K = self.batch_size
-        return [(X[at:at + K], Y[at:at + K]) for at in range(0, len(rows), K)]
+        return [(X[at:at + K], Y[at:at + K]) for at in range(0, len(X), K)]
 
     def close(self) -> None:
         """Stop a prefetching child process now (it also stops with this object, or with this process)."""
@@ -268,16 +273,15 @@ class Batches:
 
     def _views(self, slot: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """(X, Y) views of the n rows in shared ring slot `slot`, one per batch."""
-        X, Y = self._slot(slot, n)
-        K = self.batch_size
-        return [(X[at:at + K], Y[at:at + K]) for at in range(0, n, K)]
+        return self._split(*self._slot(slot, n))
 
     def _shared_ring(self) -> None:
         """The process worker's ring: depth + 2 slots of a chunk's rows (X, Y), in shared memory."""
         if self._ring is None:
             rows = self.batches_per_chunk() * self.batch_size
             specs = [((rows, self.data.features), self.dtype), ((rows, self.classes), self.dtype)]
-            self._ring = [prefetch_module.shared_arrays(specs) for _ in range(prefetch_module.DEPTH + 2)]
+            arrays = prefetch_module.shared_arrays(specs * (prefetch_module.DEPTH + 2))
+            self._ring = list(zip(arrays[0::2], arrays[1::2]))
 
     def _slot(self, slot: int, n: int):
         X, Y = self._ring[slot]

@@ -209,7 +209,7 @@ class Forked:
         commands_r, commands_w = os.pipe()          # parent -> child: (epoch, first step) per run
         ready_r, ready_w = os.pipe()                # child -> parent: receipts
         free_r, free_w = os.pipe()                  # parent -> child: one byte per slot freed
-        os.write(free_w, bytes(self.slots - 1))     # the child may fill all slots but the one in use
+        os.write(free_w, bytes(self.slots))         # every slot is free: the child fills them in turn
         parent, death_signal = os.getpid(), _death_signal()   # looked up here: the child loads nothing
         closing = [commands_w, ready_r, free_w, *_PARENT_ENDS]
         try:
