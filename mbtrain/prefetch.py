@@ -7,12 +7,13 @@ the next one is requested, as without prefetch.
 
 The worker (data.prefetch_worker) is a forked child process where os.fork exists (Linux), a
 thread elsewhere. The child fills a ring in memory shared with the training process and
-hands over 8-byte receipts through a pipe; nothing is pickled. It shares no GIL with the
-step: at bench setting A (784-100-10, batch 64, one BLAS thread) the step on the thread's
-batches took 1.17-1.22x its time on one fixed batch, on the process's 1.02-1.05x; on the fixed
-batch, with a loader consumed beside it, 1.08x beside the thread's and 0.97-0.99x beside the
-process's (/work/notes/s14/procpf.py, alternated rounds; README, Data at scale). numpy releases the GIL while it copies, casts and reads pages, but
-the thread still takes it between its calls, and the step then waits for it.
+hands over 8-byte receipts through a pipe; nothing is pickled. Unlike the thread it shares no
+GIL with the step (numpy releases the GIL while it copies and casts, but the thread takes it
+between its calls and the step may wait for it: the likely cost, not measured apart). At bench setting A (784-100-10, batch 64, one
+BLAS thread) the step on the thread's batches took 1.14-1.23x its time on one fixed batch, on
+the process's 1.02-1.10x (/work/notes/s14/procpf.py, three.py: alternated rounds), and
+`mbtrain bench` gave 0.70-0.72 of the GEMM bound with the process, 0.59-0.69 with the thread
+(four alternated pairs, benchab.sh; README, Data at scale).
 
     mbtrain fit configs/mnist.yaml --set data.prefetch=on
 """
@@ -163,9 +164,10 @@ class Forked:
     jobs_for(*args): fill writes one item into ring slot `slot` (0 .. depth + 1) of memory the
     caller made with shared_arrays before the first run, and returns a receipt, an int >= 0 (a row
     count); receive makes the item from the slot, here. An item stays valid until the next is
-    requested. The child is forked at the first run and serves the runs after it in turn (a fork per
-    epoch had the parent copy every page it wrote after each fork: A's step took 1.02 of the
-    thread's time so, 0.88 with one child; /work/notes/s14/three.py), so every run must pass the
+    requested. The child is forked at the first run and serves the runs after it in turn (after
+    a fork the parent copies each page it writes: with a child forked per epoch A's step took
+    1.02 of its time on the thread's batches, with one child 0.88-0.93; /work/notes/s14/three.py),
+    so every run must pass the
     same functions: the child keeps the first ones, with the data they saw then. A run left early
     stops the child; the next run forks another.
 
