@@ -9,10 +9,10 @@ The worker (data.prefetch_worker) is a forked child process where os.fork exists
 thread elsewhere. The child fills a ring in memory shared with the training process and
 hands over 8-byte receipts through a pipe; nothing is pickled. Unlike the thread it shares no
 GIL with the step (numpy releases the GIL while it copies and casts, but the thread takes it
-between its calls and the step may wait for it: the likely cost, not measured apart). At bench setting A (784-100-10, batch 64, one
-BLAS thread) the step on the thread's batches took 1.14-1.23x its time on one fixed batch, on
-the process's 1.02-1.10x (/work/notes/s14/procpf.py, three.py: alternated rounds), and
-`mbtrain bench` gave 0.70-0.72 of the GEMM bound with the process, 0.59-0.69 with the thread
+between its calls and the step may wait for it: the likely cost, not measured apart). At
+bench setting A (784-100-10, batch 64, one BLAS thread) the step on the thread's batches took
+1.14-1.23x its time on one fixed batch, on the process's 1.02-1.10x (/work/notes/s14/procpf.py,
+three.py: alternated rounds), and `mbtrain bench` gave 0.70-0.72 of the GEMM bound with the process, 0.59-0.69 with the thread
 (four alternated pairs, benchab.sh; README, Data at scale).
 
     mbtrain fit configs/mnist.yaml --set data.prefetch=on
@@ -137,10 +137,10 @@ def prefetched(jobs, fill, depth: int = DEPTH):
 
 # ---------------------------------------------------------------- a forked child process
 
-_END, _FAIL = -1, -2                      # the child's last receipt: all jobs done, or one failed
+_END, _FAIL = -1, -2                # the child's last receipt: all jobs done, or one failed
 _RECEIPT = struct.Struct("<q")
-_COMMAND = struct.Struct("<qq")             # a run's arguments: (epoch, first step)
-_PARENT_ENDS: set[int] = set()            # this process's pipe ends of live children: a new child closes them
+_COMMAND = struct.Struct("<qq")     # a run's arguments: (epoch, first step)
+_PARENT_ENDS: set[int] = set()      # this process's pipe ends of live children: a new child closes them
 
 
 def shared_arrays(specs: list[tuple[tuple[int, ...], np.dtype]]) -> list[np.ndarray]:
@@ -261,7 +261,7 @@ def _child(jobs_for, fill, slots: int, commands_r: int, ready_w: int, free_r: in
         signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the training loop's to handle
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if death_signal is not None:
-            death_signal(1, signal.SIGKILL, 0, 0, 0)    # PR_SET_PDEATHSIG: Linux kills this child with its parent
+            death_signal(1, signal.SIGKILL, 0, 0, 0)    # PR_SET_PDEATHSIG: killed with its parent
         if os.getppid() != parent:                      # the parent died before that
             return
         while True:
