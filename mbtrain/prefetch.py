@@ -12,8 +12,8 @@ GIL with the step (numpy releases the GIL while it copies and casts, but the thr
 between its calls and the step may wait for it: the likely cost, not measured apart). At
 bench setting A (784-100-10, batch 64, one BLAS thread) the step on the thread's batches took
 1.14-1.23x its time on one fixed batch, on the process's 1.02-1.10x (/work/notes/s14/procpf.py,
-three.py: alternated rounds), and `mbtrain bench` gave 0.70-0.72 of the GEMM bound with the process, 0.59-0.69 with the thread
-(four alternated pairs, benchab.sh; README, Data at scale).
+three.py: alternated rounds), and `mbtrain bench` gave 0.70-0.72 of the GEMM bound with the
+process, 0.59-0.69 with the thread (four alternated pairs, benchab.sh; README, Data at scale).
 
     mbtrain fit configs/mnist.yaml --set data.prefetch=on
 """
