@@ -277,11 +277,10 @@ class Batches:
 
     def _shared_ring(self) -> None:
         """The process worker's ring: depth + 2 slots of a chunk's rows (X, Y), in shared memory."""
-        if self._ring is None:
-            rows = self.batches_per_chunk() * self.batch_size
-            specs = [((rows, self.data.features), self.dtype), ((rows, self.classes), self.dtype)]
-            arrays = prefetch_module.shared_arrays(specs * (prefetch_module.DEPTH + 2))
-            self._ring = list(zip(arrays[0::2], arrays[1::2]))
+        rows = self.batches_per_chunk() * self.batch_size
+        specs = [((rows, self.data.features), self.dtype), ((rows, self.classes), self.dtype)]
+        arrays = prefetch_module.shared_arrays(specs * (prefetch_module.DEPTH + 2))
+        self._ring = list(zip(arrays[0::2], arrays[1::2]))
 
     def _slot(self, slot: int, n: int):
         X, Y = self._ring[slot]

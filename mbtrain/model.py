@@ -182,11 +182,10 @@ class MLP:
         self.backward(dZ)
         return loss
 
-    def loss_and_errors(self, Y: np.ndarray, bias_gradients: bool = True) -> float:
-        """Mean loss of the last forward() batch against Y (K, m_L); fills the errors (and the bias
-        gradients, unless bias_gradients is False: sgd_update makes the bias step from the errors)."""
+    def loss_and_errors(self, Y: np.ndarray) -> float:
+        """Mean loss of the last forward() batch against Y (K, m_L); fills every layer's errors."""
         loss, dZ = self.out.loss_and_delta(self.Z[-1], Y, self.dZ[-1])     # (K, m_L)
-        self.backward_errors(dZ, bias_gradients)
+        self.backward_errors(dZ)
         return loss
 
     def layer_inputs(self) -> list[np.ndarray]:
@@ -196,6 +195,7 @@ class MLP:
     def backward(self, dZ: np.ndarray) -> None:
         """Fill self.grads from the output error dZ (K, m_L) of the last forward()."""
         self.backward_errors(dZ)
+        self.bias_gradients()
         self.weight_gradients()
 
     def weight_gradients(self) -> None:
@@ -208,38 +208,33 @@ class MLP:
         for l in range(len(self.Z)):
             rowops.column_sums(self.dZ[l], out=self.grads[2 * l + 1])   # (m,)
 
-    def backward_errors(self, dZ: np.ndarray, bias_gradients: bool = True) -> None:
-        """Every layer's error dZ (K, m) into self.dZ, and the bias gradients, from the output error dZ.
+    def backward_errors(self, dZ: np.ndarray) -> None:
+        """Every layer's error dZ (K, m) into self.dZ, from the output error dZ.
 
-        Everything of backward() but the weight-gradient products, which an SGD step can fold
-        into the weight update itself (sgd_update), as it can the bias gradients' column sums
-        (bias_gradients False: self.grads' db are left as they were).
+        Everything of backward() but the gradients (bias_gradients, weight_gradients), which plain
+        SGD folds into the update itself (sgd_update).
         """
         if dZ is not self.dZ[-1]:
             np.copyto(self.dZ[-1], dZ)
             dZ = self.dZ[-1]
         if self.squares:
             self.error_squares[-1] = float(np.vdot(dZ, dZ))
-        for l in range(len(self.Z) - 1, -1, -1):
-            W = self.params[2 * l]
-            if bias_gradients:
-                rowops.column_sums(dZ, out=self.grads[2 * l + 1])  # db = dZ.sum(0)      (m,)
-            if l > 0:
-                dZ_prev = gemm.matmul(dZ, W, out=self.dZ[l - 1])     # dZ @ W              (K, n)
-                if self.masks is not None:
-                    dZ_prev *= self.masks[l - 1]                   # d(A * mask)/dA = mask
-                dZ_prev *= self.act.derivative(self.Z[l - 1], self.A[l - 1], out=self.dact[l - 1])
-                if self.squares:
-                    self.error_squares[l - 1] = float(np.vdot(dZ_prev, dZ_prev))
-                dZ = dZ_prev
+        for l in range(len(self.Z) - 1, 0, -1):                  # the input layer's error is not needed
+            dZ_prev = gemm.matmul(dZ, self.params[2 * l], out=self.dZ[l - 1])   # dZ @ W   (K, n)
+            if self.masks is not None:
+                dZ_prev *= self.masks[l - 1]                       # d(A * mask)/dA = mask
+            dZ_prev *= self.act.derivative(self.Z[l - 1], self.A[l - 1], out=self.dact[l - 1])
+            if self.squares:
+                self.error_squares[l - 1] = float(np.vdot(dZ_prev, dZ_prev))
+            dZ = dZ_prev
 
     def sgd_update(self, lr, inputs: list[np.ndarray]) -> None:
         """Plain SGD on every layer, each step made by a product itself: b -= lr * ones^T dZ and
         W -= lr * dZ.T @ A_prev.
 
-        Call after backward_errors(); needs gemm.available(self.dtype). No dW or db array is formed
-        (backward_errors may skip the column sums). lr: a scalar of the model's dtype; inputs:
-        layer_inputs() of this batch (the caller's guard has them already).
+        Call after backward_errors(); needs gemm.available(self.dtype). No dW or db array is formed.
+        lr: a scalar of the model's dtype; inputs: layer_inputs() of this batch (the caller's guard
+        has them already).
         """
         for l, A_prev in enumerate(inputs):
             dZ = self.dZ[l]

@@ -81,7 +81,7 @@ class TrainStep:
         model = self.model
         model.forward(X, masks)                                        # (K, m_L)
         if self.fused:
-            loss = model.loss_and_errors(Y, bias_gradients=False)      # every dZ, no db or dW
+            loss = model.loss_and_errors(Y)                            # every dZ, no db or dW
             if self._vouched(loss, X):
                 model.sgd_update(model.dtype.type(self.opt.lr), model.layer_inputs())   # b -= lr 1^T dZ, W -= lr dZ^T A_prev
                 return loss
