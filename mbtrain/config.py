@@ -158,8 +158,9 @@ class TrainConfig:
                                "evaluation): numpy = the BLAS numpy was built with (OpenBLAS in its "
                                "wheels); mkl = Intel oneMKL from the optional mkl package (pip install "
                                "'mbtrain[mkl]') for products of 2^20 multiply-adds and more (0.74-0.85 of "
-                               "OpenBLAS's time on an Intel Xeon, no faster on an AMD EPYC; smaller ones stay with numpy's BLAS, "
-                               "run on one thread); auto = mkl where installed, else numpy",
+                               "OpenBLAS's time on an Intel Xeon, no faster on an AMD EPYC; smaller ones "
+                               "stay with numpy's BLAS, run on one thread); auto = mkl where installed, "
+                               "else numpy",
                        choices=("auto", "numpy", "mkl"))
     threads: int = option(0, "BLAS threads for this run (via threadpoolctl); 0 = the BLAS default, "
                              "usually one per core. Set 1 when running several trainings in parallel",
